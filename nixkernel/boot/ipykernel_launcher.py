@@ -1,0 +1,32 @@
+"""Start ipykernel as ``python -m ipykernel_launcher`` does, or say why it cannot.
+
+The launcher execs the *project's* Python on this file. If that environment has no ipykernel,
+rather than dying (and being restarted five times by the server with the reason only in its
+log), it execs nixkernel's fallback kernel in the Jupyter server's Python, which answers every
+cell with the fix. Runs on whatever Python 3 the project has: keep it tiny and version-neutral.
+"""
+
+import os
+import sys
+
+# sys.path[0] is this directory: nothing in it may shadow the kernel's imports.
+del sys.path[0]
+
+_fallback_python = os.environ.pop("NIXKERNEL_FALLBACK_PYTHON", "")
+_hint = os.environ.pop("NIXKERNEL_IPYKERNEL_HINT", "add ipykernel to this environment")
+
+try:
+    from ipykernel import kernelapp
+except ImportError as exc:
+    if not _fallback_python:
+        raise
+    message = (
+        "This environment's Python (%s) cannot import ipykernel, which Jupyter kernels need: "
+        "%s\n\nHow to fix it: %s, then restart the kernel." % (sys.executable, exc, _hint)
+    )
+    os.execv(
+        _fallback_python,
+        [_fallback_python, "-I", "-m", "nixkernel.fallback", "--message", message] + sys.argv[1:],
+    )
+
+kernelapp.launch_new_instance()

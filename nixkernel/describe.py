@@ -1,0 +1,259 @@
+"""Describing projects: what environments a project offers, and what each kernel is called.
+
+Turns a discovered :class:`~nixkernel.discovery.Project` into :class:`KernelTarget` objects,
+one per environment (each devShell of a flake, a ``shell.nix``, a plain virtualenv), each with a
+stable kernel name that depends only on the project's path and shell, never on the order of
+discovery. A target also says which Nix expression to evaluate (:class:`NixSource`) and which
+virtualenv's Python to run.
+
+Standard library only: the launcher imports this module on every kernel start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from .discovery import Project
+
+KIND_FLAKE = "flake"
+KIND_SHELL_NIX = "shell.nix"
+KIND_VENV = "venv"
+KIND_AUTO = "auto"
+KINDS = (KIND_FLAKE, KIND_SHELL_NIX, KIND_VENV, KIND_AUTO)
+
+NAME_PREFIX = "nix-"
+PROJECT_KERNEL_NAME = "nix-this-project"
+_SLUG_MAX = 32
+
+
+def current_system() -> str:
+    """This machine's Nix system (``x86_64-linux``...), like ``builtins.currentSystem``."""
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return f"{machine}-{platform.system().lower()}"
+
+
+@dataclass(frozen=True)
+class NixSource:
+    """A Nix expression that yields a dev shell: a flake output or a Nix file."""
+
+    kind: str
+    """``"flake"`` or ``"file"``."""
+    location: str
+    """A flake reference without fragment (a local directory for discovered projects), or the
+    absolute path of a Nix file."""
+    attr: str | None = None
+    """Attribute path inside the flake (``devShells.x86_64-linux.default``) or file (optional)."""
+
+    @property
+    def is_flake(self) -> bool:
+        return self.kind == "flake"
+
+    @property
+    def local_dir(self) -> str | None:
+        """The directory whose files are this source's inputs, if it is a local one."""
+        loc = self.location
+        if self.is_flake:
+            if loc.startswith("path:"):
+                loc = loc[len("path:") :]
+            if loc.startswith("/"):
+                return loc
+            return None
+        return os.path.dirname(loc)
+
+    def installable_args(self) -> list[str]:
+        """The arguments naming this source to ``nix develop`` / ``nix print-dev-env``."""
+        if self.is_flake:
+            return [f"{self.location}#{self.attr}" if self.attr else self.location]
+        return ["--file", self.location, *([self.attr] if self.attr else [])]
+
+    def describe(self) -> str:
+        return " ".join(self.installable_args()).replace("--file ", "")
+
+    @classmethod
+    def flake_shell(cls, directory: str, shell: str, system: str | None = None) -> NixSource:
+        return cls("flake", directory, f"devShells.{system or current_system()}.{shell}")
+
+    @classmethod
+    def parse(cls, text: str, system: str | None = None) -> NixSource:
+        """A user-written reference: ``/etc/nixos#devShells.x86_64-linux.pylibs``,
+        ``/etc/nixos#pylibs`` (a devShell name), a flake directory, or a ``.nix`` file."""
+        text = text.strip()
+        if "#" in text:
+            ref, attr = text.split("#", 1)
+            if "." not in attr:
+                attr = f"devShells.{system or current_system()}.{attr}"
+            return cls("flake", _absolute_if_path(ref), attr)
+        if text.endswith(".nix"):
+            return cls("file", os.path.abspath(os.path.expanduser(text)))
+        path = _absolute_if_path(text)
+        if path.startswith("/") and os.path.isfile(os.path.join(path, "flake.nix")):
+            return cls.flake_shell(path, "default", system)
+        if path.startswith("/") and os.path.isfile(os.path.join(path, "shell.nix")):
+            return cls("file", os.path.join(path, "shell.nix"))
+        return cls.flake_shell(path, "default", system)
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    """One kernel: an environment of one project."""
+
+    name: str
+    """Kernel name: stable, unique, matching ``^[a-z0-9._-]+$``."""
+    display_name: str
+    kind: str
+    """``"flake"``, ``"shell.nix"``, ``"venv"`` or ``"auto"`` (the project-following kernel)."""
+    project: str
+    shell: str | None = None
+    """devShell name for flakes, else None."""
+    venv: str | None = None
+    """The virtualenv whose Python the kernel runs, if any."""
+    problem: str | None = None
+    """Why this environment cannot start as it is (shown in the listing and the fallback kernel)."""
+
+    def nix_source(self, system: str | None = None) -> NixSource | None:
+        if self.kind == KIND_FLAKE:
+            return NixSource.flake_shell(self.project, self.shell or "default", system)
+        if self.kind == KIND_SHELL_NIX:
+            return NixSource("file", os.path.join(self.project, "shell.nix"))
+        return None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "kind": self.kind,
+            "shell": self.shell,
+            "project": self.project,
+            "venv": self.venv,
+        }
+
+
+def slugify(text: str) -> str:
+    """A kernel-name-safe, readable form of ``text`` (ASCII, lowercase, ``[a-z0-9._-]``)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9._-]+", "-", ascii_text.lower()).strip("-._")
+    return slug[:_SLUG_MAX].rstrip("-._") or "project"
+
+
+def kernel_name(project: str, kind: str, shell: str | None = None) -> str:
+    """The kernel name of ``project``'s environment: a readable slug and a hash of the path.
+
+    The hash makes two projects with the same directory name (``~/a/api``, ``~/b/api``) distinct,
+    and the name independent of the order projects are found in.
+    """
+    digest = hashlib.sha256(f"{kind}\0{project}\0{shell or ''}".encode()).hexdigest()[:10]
+    parts = [slugify(os.path.basename(project.rstrip(os.sep)) or "root"), slugify(kind)]
+    if shell and shell != "default":
+        parts.append(slugify(shell))
+    return NAME_PREFIX + "-".join(parts) + "-" + digest
+
+
+def venv_flavor(venv: str) -> str:
+    """Who made the virtualenv: ``"uv"``, ``"poetry"`` or ``""`` (plain venv / virtualenv)."""
+    try:
+        with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8", errors="replace") as f:
+            cfg = f.read()
+    except OSError:
+        return ""
+    if re.search(r"^\s*uv\s*=", cfg, re.MULTILINE):
+        return "uv"
+    project = os.path.dirname(venv)
+    if os.path.exists(os.path.join(project, "poetry.lock")):
+        return "poetry"
+    return ""
+
+
+def venv_label(venv: str) -> str:
+    flavor = venv_flavor(venv)
+    return f"{flavor} .venv" if flavor else ".venv"
+
+
+def venv_python(venv: str) -> str:
+    return os.path.join(venv, "bin", "python")
+
+
+def venv_problem(venv: str) -> str | None:
+    """Why the virtualenv's interpreter cannot run, or None if it looks usable."""
+    python = venv_python(venv)
+    if os.path.exists(python):
+        return None
+    if os.path.islink(python):
+        target = os.readlink(python)
+        return (
+            f"{python} points to {target}, which does not exist (the interpreter the venv was "
+            f"made with is gone). Recreate it: `uv venv --allow-existing` or "
+            f"`python3 -m venv --clear {venv}`, then reinstall its packages (`uv sync`)."
+        )
+    return f"{venv} has no bin/python. Recreate the virtualenv (`uv venv` or `python3 -m venv`)."
+
+
+def describe(
+    project: Project,
+    flake_shells: list[str] | None = None,
+    include_venvs: bool = True,
+    library_shell: str | None = None,
+) -> list[KernelTarget]:
+    """The kernels ``project`` offers.
+
+    ``flake_shells`` are the devShell names of the flake for this system, when a cached
+    evaluation knows them; until then the flake offers its ``default`` shell. A virtualenv inside
+    a Nix project is run inside that project's shells; a virtualenv alone is a kernel of its own
+    (with ``library_shell`` applied, if one is configured).
+    """
+    venv = project.venv if include_venvs else None
+    problem = venv_problem(venv) if venv else None
+    suffix = f" + {venv_label(venv)}" if venv else ""
+    targets: list[KernelTarget] = []
+    if project.flake:
+        shells = flake_shells or ["default"]
+        for shell in sorted(shells, key=lambda s: (s != "default", s)):
+            label = "flake" if shell == "default" else f"flake: {shell}"
+            targets.append(
+                KernelTarget(
+                    name=kernel_name(project.path, KIND_FLAKE, shell),
+                    display_name=f"{project.name} ({label}{suffix})",
+                    kind=KIND_FLAKE,
+                    project=project.path,
+                    shell=shell,
+                    venv=venv,
+                    problem=problem,
+                )
+            )
+    if project.shell_nix:
+        targets.append(
+            KernelTarget(
+                name=kernel_name(project.path, KIND_SHELL_NIX),
+                display_name=f"{project.name} (shell.nix{suffix})",
+                kind=KIND_SHELL_NIX,
+                project=project.path,
+                venv=venv,
+                problem=problem,
+            )
+        )
+    if venv and not project.has_nix:
+        label = venv_label(venv)
+        if library_shell:
+            label += " + library shell"
+        targets.append(
+            KernelTarget(
+                name=kernel_name(project.path, KIND_VENV),
+                display_name=f"{project.name} ({label})",
+                kind=KIND_VENV,
+                project=project.path,
+                venv=venv,
+                problem=problem,
+            )
+        )
+    return targets
+
+
+def _absolute_if_path(ref: str) -> str:
+    if ref.startswith(("/", "./", "../", "~")) or ref in (".", ".."):
+        return os.path.abspath(os.path.expanduser(ref))
+    return ref

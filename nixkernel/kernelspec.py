@@ -1,0 +1,310 @@
+"""The KernelSpecManager: nixkernel's kernels, as jupyter_server and JupyterLab see them.
+
+:class:`NixKernelSpecManager` discovers projects under :attr:`~NixKernelSpecManager.project_dirs`
+on a background thread, keeps the resulting kernelspecs in memory and answers every listing and
+``get_kernel_spec`` from there: the server's event loop never waits on a directory walk or on
+Nix. The ordinary kernelspecs (``python3``...) stay available unless turned off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+
+from . import nix
+from .cache import EnvironmentCache
+from .describe import (
+    KIND_AUTO,
+    KIND_FLAKE,
+    PROJECT_KERNEL_NAME,
+    KernelTarget,
+    current_system,
+    describe,
+)
+from .discovery import discover
+
+RESOURCES = str(Path(__file__).parent / "resources")
+
+
+class NixKernelSpecManager(KernelSpecManager):
+    """Offers every Nix dev shell, ``shell.nix`` and virtualenv under :attr:`project_dirs` as a
+    kernel that starts inside that environment."""
+
+    project_dirs = List(
+        Unicode(),
+        help="""Directories searched for projects (flake.nix, shell.nix, .venv).
+        Default: the Jupyter server's root directory (outside the server: the current
+        directory).""",
+    ).tag(config=True)
+
+    max_depth = Int(
+        3,
+        help="How many directory levels below each of project_dirs are searched for projects.",
+    ).tag(config=True)
+
+    cache_dir = Unicode(
+        help="""Where evaluated environments are cached (and GC-rooted).
+        Default: $NIXKERNEL_CACHE_DIR, else the user's cache directory (~/.cache/nixkernel).""",
+    ).tag(config=True)
+
+    nix_executable = Unicode(
+        "",
+        help="""The nix command to use. Default: `nix` on the server's PATH, else
+        /nix/var/nix/profiles/default/bin/nix or ~/.nix-profile/bin/nix.""",
+    ).tag(config=True)
+
+    launch_mode = Enum(
+        ["cached", "direct"],
+        default_value="cached",
+        help="""How kernels enter their environment. 'cached': from nixkernel's cache of
+        `nix print-dev-env` (fast; re-evaluates when a Nix file changes). 'direct': through
+        `nix develop -c` / `nix-shell --run` at every start (exact Nix semantics, slower).""",
+    ).tag(config=True)
+
+    stale_fallback = Bool(
+        True,
+        help="""When re-evaluating a changed Nix file fails, start the kernel in the last good
+        environment (with a warning in the kernel's log) instead of the error kernel.""",
+    ).tag(config=True)
+
+    include_venvs = Bool(
+        True,
+        help="""Offer virtualenvs (.venv with pyvenv.cfg): alone as their own kernels, and inside
+        a Nix project as the Python that runs in the project's shell.""",
+    ).tag(config=True)
+
+    venv_library_shell = Unicode(
+        "",
+        help="""A Nix environment applied to kernels of projects that have a .venv but no Nix
+        file, to provide the libraries wheels need on NixOS (libstdc++, zlib...). A flake
+        reference with an attribute (`/etc/nixos#devShells.x86_64-linux.pylibs`, or
+        `/etc/nixos#pylibs` for a devShell), a flake directory, or a .nix file.""",
+    ).tag(config=True)
+
+    keep_native_kernels = Bool(
+        True,
+        help="""Also offer the ordinary kernelspecs (python3 and those installed with
+        `jupyter kernelspec install`), so notebooks that name them still open.""",
+    ).tag(config=True)
+
+    project_kernel = Bool(
+        True,
+        help="""Offer 'Python (this project)', a kernel that starts in the environment of the
+        project enclosing the notebook's folder, so one kernel name works in every project.""",
+    ).tag(config=True)
+
+    discover_flake_shells = Bool(
+        True,
+        help="""Learn each flake's devShell names (`nix eval`, in the background, cached) so
+        every devShell gets a kernel; until then a flake offers its default shell.""",
+    ).tag(config=True)
+
+    refresh_interval = Float(
+        30.0,
+        help="""Seconds between background re-scans of project_dirs: a project added or removed
+        shows up in the next listing after that, without restarting the server.""",
+    ).tag(config=True)
+
+    @default("project_dirs")
+    def _default_project_dirs(self) -> list[str]:
+        root = getattr(self.parent, "root_dir", None)
+        return [os.path.expanduser(root) if root else os.getcwd()]
+
+    @default("cache_dir")
+    def _default_cache_dir(self) -> str:
+        return os.environ.get("NIXKERNEL_CACHE_DIR") or platformdirs.user_cache_dir("nixkernel")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._targets: dict[str, KernelTarget] = {}
+        self._scanned = threading.Event()
+        self._scan_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- discovery -------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> EnvironmentCache:
+        return EnvironmentCache(self.cache_dir)
+
+    def scan(self) -> list[KernelTarget]:
+        """Walk project_dirs now and describe every project: no Nix runs here."""
+        cache = self.cache
+        library_shell = self.venv_library_shell or None
+        targets: list[KernelTarget] = []
+        for project in discover(self.project_dirs, self.max_depth):
+            shells = cache.flake_shells(project.path) if project.flake else None
+            targets.extend(describe(project, shells, self.include_venvs, library_shell))
+        return targets
+
+    def refresh(self) -> list[KernelTarget]:
+        """Re-scan synchronously and replace the in-memory listing."""
+        with self._scan_lock:
+            targets = self.scan()
+            self._targets = {t.name: t for t in targets}
+            self._scanned.set()
+        return targets
+
+    def targets(self) -> list[KernelTarget]:
+        """The discovered kernels (scanning first if nothing was scanned yet)."""
+        self._wait_for_scan()
+        return list(self._targets.values())
+
+    def learn_flake_shells(self) -> bool:
+        """Evaluate the devShell names of flakes whose names are not cached. Slow (runs Nix):
+        only for the background thread and the command line. Returns whether any were learnt."""
+        try:
+            nix_path = nix.find_nix(self.nix_executable or None)
+        except nix.NixNotFoundError:
+            return False
+        cache, learnt = self.cache, False
+        projects = {t.project for t in self._targets.values() if t.kind == KIND_FLAKE}
+        for project in sorted(projects):
+            if self._stop.is_set():
+                break
+            if cache.flake_shells(project) is not None:
+                continue
+            try:
+                names = nix.flake_shell_names(nix_path, project, current_system())
+            except nix.NixKernelError as exc:
+                self.log.warning(
+                    "nixkernel: cannot list the devShells of %s: %s", project, exc.message
+                )
+                names = []  # remembered for these flake files: no retry until they change
+            cache.store_flake_shells(project, names)
+            learnt = True
+        return learnt
+
+    def start_background_refresh(self) -> None:
+        """Scan now and every refresh_interval seconds on a daemon thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._refresh_loop, name="nixkernel-refresh", daemon=True
+        )
+        self._thread.start()
+
+    def stop_background_refresh(self) -> None:
+        self._stop.set()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+                if self.discover_flake_shells and self.learn_flake_shells():
+                    self.refresh()
+            except Exception:  # keep serving the last good listing
+                self.log.exception("nixkernel: scanning %s failed", self.project_dirs)
+                self._scanned.set()
+            self._stop.wait(self.refresh_interval)
+
+    def _wait_for_scan(self) -> None:
+        if self._scanned.is_set():
+            return
+        if not self._thread_allowed():
+            self.refresh()
+            return
+        self.start_background_refresh()
+        self._scanned.wait()
+
+    def _thread_allowed(self) -> bool:
+        # Under a server, listings are served from memory and refreshed in the background;
+        # elsewhere (the command line, a script) a synchronous scan is what the caller wants.
+        return self.parent is not None and hasattr(self.parent, "web_app")
+
+    # -- kernelspecs -----------------------------------------------------------------------
+
+    def launcher_argv(self, target: KernelTarget) -> list[str]:
+        """The kernel command: the server's own Python running nixkernel's launcher."""
+        argv = [sys.executable, "-m", "nixkernel.launch", "--kind", target.kind]
+        if target.kind != KIND_AUTO:
+            argv += ["--project", target.project]
+        if target.shell:
+            argv += ["--shell", target.shell]
+        if target.venv:
+            argv += ["--venv", target.venv]
+        if self.venv_library_shell:
+            argv += ["--library-shell", self.venv_library_shell]
+        argv += ["--cache-dir", os.path.abspath(os.path.expanduser(self.cache_dir))]
+        if self.nix_executable:
+            argv += ["--nix", self.nix_executable]
+        argv += ["--mode", self.launch_mode]
+        if not self.stale_fallback:
+            argv.append("--no-stale")
+        if target.kind == KIND_AUTO and not self.include_venvs:
+            argv.append("--no-venvs")
+        return [*argv, "-f", "{connection_file}"]
+
+    def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
+        metadata: dict[str, Any] = {
+            "debugger": True,
+            "nixkernel": {**target.as_dict(), "problem": target.problem},
+        }
+        return KernelSpec(
+            resource_dir=RESOURCES,
+            argv=self.launcher_argv(target),
+            display_name=target.display_name,
+            language="python",
+            interrupt_mode="signal",
+            metadata=metadata,
+        )
+
+    def project_kernel_target(self) -> KernelTarget:
+        return KernelTarget(
+            name=PROJECT_KERNEL_NAME,
+            display_name="Python (this project)",
+            kind=KIND_AUTO,
+            project="",
+        )
+
+    def _own_targets(self) -> dict[str, KernelTarget]:
+        self._wait_for_scan()
+        own = dict(self._targets)
+        if self.project_kernel:
+            own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
+        return own
+
+    def find_kernel_specs(self) -> dict[str, str]:
+        specs = super().find_kernel_specs() if self.keep_native_kernels else {}
+        specs.update({name: RESOURCES for name in self._own_targets()})
+        return specs
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        """Answered from memory: the server calls this synchronously when a kernel starts.
+
+        Only a name of a discovered environment (or a native kernelspec) is ever accepted: kernel
+        names come from notebook metadata and must never choose what runs.
+        """
+        name = kernel_name.lower()
+        target = self._own_targets().get(name)
+        if target is not None:
+            return self.kernel_spec_for(target)
+        if self.keep_native_kernels:
+            return super().get_kernel_spec(kernel_name)
+        raise NoSuchKernel(kernel_name)
+
+    def get_all_specs(self) -> dict[str, dict[str, Any]]:
+        specs: dict[str, dict[str, Any]] = {}
+        if self.keep_native_kernels:
+            specs.update(super().get_all_specs())
+        for name, target in self._own_targets().items():
+            specs[name] = {
+                "resource_dir": RESOURCES,
+                "spec": self.kernel_spec_for(target).to_dict(),
+            }
+        return specs
+
+    def remove_kernel_spec(self, name: str) -> str:
+        if name.lower() in self._own_targets():
+            raise ValueError(
+                f"{name} is discovered by nixkernel, not installed: remove its project."
+            )
+        return super().remove_kernel_spec(name)

@@ -1,0 +1,232 @@
+"""The launcher: ``python -m nixkernel.launch ... -f CONNECTION_FILE``, run on every kernel start.
+
+It finds the kernel's environment (from the cache, evaluating with Nix on a miss), then *execs*
+the project's Python on ipykernel in the server-given working directory, through bash only
+when the shell has a ``shellHook`` to run. No process stays between the server and the
+kernel, so interrupts and restarts reach the kernel itself. When the environment cannot be made,
+it execs the fallback kernel, which shows the reason in the notebook.
+
+Imports: the standard library and nixkernel's own light modules only. This runs on every start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import environment, nix
+from .cache import STALE, EnvironmentCache
+from .describe import (
+    KIND_AUTO,
+    KIND_VENV,
+    KINDS,
+    KernelTarget,
+    NixSource,
+    describe,
+    venv_problem,
+    venv_python,
+)
+from .discovery import find_enclosing_project
+from .nix import NixKernelError, log
+
+MODE_CACHED, MODE_DIRECT = "cached", "direct"
+
+BOOT_SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "boot", "ipykernel_launcher.py"
+)
+
+
+@dataclass
+class Launch:
+    """What to exec: ``executable`` with ``argv`` in ``env``."""
+
+    executable: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m nixkernel.launch",
+        description="Start an ipykernel inside a project's Nix / virtualenv environment.",
+    )
+    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--project", help="project directory (not needed for --kind auto)")
+    parser.add_argument("--shell", help="flake devShell name (default: default)")
+    parser.add_argument("--venv", help="virtualenv whose Python runs the kernel")
+    parser.add_argument("--library-shell", help="Nix environment applied to venv-only kernels")
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--nix", default="", help="nix executable (default: found on PATH)")
+    parser.add_argument("--mode", choices=(MODE_CACHED, MODE_DIRECT), default=MODE_CACHED)
+    parser.add_argument(
+        "--no-stale",
+        dest="stale",
+        action="store_false",
+        help="fail instead of using an outdated environment when Nix fails",
+    )
+    parser.add_argument(
+        "--no-venvs", dest="venvs", action="store_false", help="(--kind auto) ignore virtualenvs"
+    )
+    parser.add_argument("-f", dest="connection_file", required=True)
+    return parser
+
+
+def resolve_target(args: argparse.Namespace) -> KernelTarget:
+    """The environment to start: given on the command line, or (``--kind auto``) the project
+    that encloses the kernel's working directory, which the server sets to the notebook's."""
+    if args.kind != KIND_AUTO:
+        if not args.project:
+            raise NixKernelError("The kernelspec has no --project.", hint="Reinstall the kernel.")
+        venv = args.venv or None
+        return KernelTarget(
+            name="", display_name="", kind=args.kind, project=args.project,
+            shell=args.shell, venv=venv, problem=venv_problem(venv) if venv else None,
+        )  # fmt: skip
+    cwd = os.getcwd()
+    project = find_enclosing_project(cwd)
+    if project is None:
+        raise NixKernelError(
+            f"No project found at or above {cwd}: no flake.nix, shell.nix or .venv there.",
+            hint="Open the notebook inside a project folder, or pick that project's own kernel.",
+        )
+    targets = describe(project, include_venvs=args.venvs, library_shell=args.library_shell)
+    if not targets:
+        raise NixKernelError(f"{project.path} offers no environment nixkernel can start.")
+    log(f"following the notebook to {targets[0].display_name}")
+    return targets[0]
+
+
+def target_source(target: KernelTarget, library_shell: str | None) -> NixSource | None:
+    source = target.nix_source()
+    if source is None and target.kind == KIND_VENV and library_shell:
+        return NixSource.parse(library_shell)
+    return source
+
+
+def ipykernel_hint(target: KernelTarget) -> str:
+    if target.venv:
+        return (
+            f"install it in the virtualenv: `uv add --dev ipykernel` in {target.project} "
+            f"(or `{venv_python(target.venv)} -m pip install ipykernel`)"
+        )
+    return (
+        "add ipykernel to the shell's Python, e.g. "
+        "`(python3.withPackages (ps: [ ps.ipykernel ]))` in its packages"
+    )
+
+
+def plan_cached(
+    target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
+) -> Launch:
+    """Exec plan from the cache (evaluating on a miss)."""
+    source = target_source(target, args.library_shell)
+    shell_vars: Mapping[str, str] = {}
+    rc = ""
+    if source is not None:
+        cache = EnvironmentCache(args.cache_dir)
+        resolved = cache.ensure(source, args.nix or None, allow_stale=args.stale, on_line=log)
+        if resolved.state == STALE:
+            log(resolved.warning)
+        elif resolved.evaluated:
+            log(f"evaluated {source.describe()} and cached it")
+        shell_vars, rc = resolved.entry["variables"], resolved.entry["rc"]
+    env = environment.kernel_environment(shell_vars, server_env, target.venv)
+    python = find_python(target, env)
+    env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
+    env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
+    kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
+    if not rc:
+        return Launch(python, kernel, env)
+    bash = shutil.which("bash", path=env.get("PATH")) or shutil.which("bash")
+    if bash is None:
+        raise NixKernelError(
+            "The shell has a shellHook, but there is no bash on its PATH or the server's.",
+            hint="Add bash to the shell's packages (pkgs.bashInteractive).",
+        )
+    # bash -c RC NAME ARGS...: the rc script runs the hook, then `exec "$@"` replaces bash.
+    return Launch(bash, [bash, "--noprofile", "--norc", "-c", rc, "nixkernel-shell", *kernel], env)
+
+
+def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
+    if target.venv:
+        return venv_python(target.venv)
+    python = shutil.which("python3", path=env.get("PATH"))
+    if python is None:
+        raise NixKernelError(
+            f"There is no python3 on the PATH of {target.project}'s environment.",
+            hint="Add Python with ipykernel to the shell, e.g. "
+            "`packages = [ (pkgs.python3.withPackages (ps: [ ps.ipykernel ])) ];`.",
+        )
+    return python
+
+
+def plan_direct(
+    target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
+) -> Launch:
+    """Exec plan that enters the shell with ``nix develop`` / ``nix-shell`` every time."""
+    source = target_source(target, args.library_shell)
+    if source is None:
+        return plan_cached(target, args, server_env)
+    nix_path = nix.find_nix(args.nix or None)
+    env = {k: v for k, v in server_env.items() if k not in environment.SERVER_ONLY_VARIABLES}
+    env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
+    env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
+    python = shlex.quote(venv_python(target.venv)) if target.venv else "python3"
+    script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {shlex.quote(args.connection_file)}"
+    if target.venv:
+        venv = shlex.quote(target.venv)
+        script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
+    if source.is_flake:
+        argv = [nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script]
+        return Launch(nix_path, argv, env)
+    nix_shell = os.path.join(os.path.dirname(nix_path), "nix-shell")
+    argv = [
+        nix_shell,
+        source.location,
+        *(["-A", source.attr] if source.attr else []),
+        "--run",
+        script,
+    ]
+    return Launch(nix_shell, argv, env)
+
+
+def fallback(message: str, connection_file: str) -> Launch:
+    """Exec plan for the fallback kernel, in the server's own Python and environment."""
+    argv = [sys.executable, "-m", "nixkernel.fallback", "--message", message, "-f", connection_file]
+    return Launch(sys.executable, argv, dict(os.environ))
+
+
+def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
+    try:
+        target = resolve_target(args)
+        if target.problem:
+            raise NixKernelError(f"The virtualenv of {target.project} cannot run: {target.problem}")
+        if args.mode == MODE_DIRECT:
+            return plan_direct(target, args, server_env)
+        return plan_cached(target, args, server_env)
+    except NixKernelError as exc:
+        where = args.project or os.getcwd()
+        message = f"Project: {where}\n\n{exc}"
+        log(message)
+        return fallback(message, args.connection_file)
+    except Exception as exc:  # a bug of ours: still explain it in the notebook, not in a loop
+        message = f"nixkernel failed unexpectedly ({type(exc).__name__}: {exc}). Please report it."
+        log(message)
+        return fallback(message, args.connection_file)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    launch = plan(args, os.environ)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launch.executable, launch.argv, launch.env)
+
+
+if __name__ == "__main__":
+    main()
