@@ -1,0 +1,186 @@
+"""Kernels started with jupyter_client from NixKernelSpecManager specs, on real Nix: they run
+inside the project's dev shell, come from the cache on the next start, and re-evaluate when an
+input changes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from nixprojects import DEFAULT_SHELL, PYTHON, write_flake, write_shell_nix
+
+PROBE = (
+    "import os, shutil, json\n"
+    "print(json.dumps({k: os.environ.get(k) for k in "
+    "('GREETING', 'HOOK_RAN_IN', 'IN_NIX_SHELL', 'HOME', 'TMPDIR', 'NIX_BUILD_TOP', 'DOCS')}"
+    " | {'python3': shutil.which('python3'), 'cwd': os.getcwd(), 'path': os.environ['PATH'],"
+    " 'pid': os.getpid(), 'ppid': os.getppid()}))"
+)
+
+
+def probe(run) -> dict:
+    assert not run.errors, run.error_text
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def kernel_named(manager, kind: str, shell: str | None = None, project: Path | None = None) -> str:
+    for target in manager.targets():
+        if (
+            target.kind == kind
+            and (shell is None or target.shell == shell)
+            and (project is None or target.project == str(project))
+        ):
+            return target.name
+    raise AssertionError(f"no {kind} {shell} kernel in {[t.name for t in manager.targets()]}")
+
+
+def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, kernel_runner):
+    project = write_flake(projects / "noahs-rug")
+    manager = manager_factory(project_dirs=[str(projects)])
+    name = kernel_named(manager, "flake")
+    spec = manager.get_kernel_spec(name)
+    assert spec.display_name == "noahs-rug (flake)"
+    assert spec.argv[0] == os.path.realpath(spec.argv[0]) or os.path.isabs(spec.argv[0])
+
+    info = probe(kernel_runner(manager, name, PROBE, cwd=project))
+
+    assert info["GREETING"] == "hello from the dev shell"
+    # shellHook ran, in the kernel's working directory (the notebook's folder).
+    assert info["HOOK_RAN_IN"] == str(project)
+    assert info["cwd"] == str(project)
+    assert info["IN_NIX_SHELL"] == "impure"
+    # The shell's python3 (a store path) comes first on PATH; the server's PATH follows.
+    assert info["python3"].startswith("/nix/store/") and info["python3"].endswith(
+        "-python/bin/python3"
+    )
+    assert info["path"].split(":")[0].startswith("/nix/store/")
+    assert os.environ["PATH"].split(":")[0] in info["path"].split(":")
+    # Sandbox variables of the build do not leak into the kernel.
+    assert info["HOME"] == os.environ.get("HOME")
+    assert info["NIX_BUILD_TOP"] is None
+    assert not (info["TMPDIR"] or "").startswith("/tmp/nix-build-")
+
+
+def test_second_devshell_gets_its_own_kernel(nix, projects, manager_factory, kernel_runner):
+    shells = {"default": DEFAULT_SHELL, "docs": {"DOCS": "sphinx", "packages": [PYTHON]}}
+    project = write_flake(projects / "api", shells)
+    manager = manager_factory(project_dirs=[str(projects)])
+    manager.refresh()
+    # Names of non-default shells come from a cached evaluation, never from a listing.
+    assert [t.shell for t in manager.targets()] == ["default"]
+    assert manager.learn_flake_shells()
+    targets = manager.refresh()
+    assert [(t.shell, t.display_name) for t in targets] == [
+        ("default", "api (flake)"),
+        ("docs", "api (flake: docs)"),
+    ]
+    info = probe(kernel_runner(manager, kernel_named(manager, "flake", "docs"), PROBE, project))
+    assert info["DOCS"] == "sphinx"
+    assert info["GREETING"] is None
+
+
+def test_shell_nix_kernel(nix, projects, manager_factory, kernel_runner):
+    project = write_shell_nix(projects / "legacy")
+    manager = manager_factory(project_dirs=[str(projects)])
+    name = kernel_named(manager, "shell.nix")
+    assert manager.get_kernel_spec(name).display_name == "legacy (shell.nix)"
+    info = probe(kernel_runner(manager, name, PROBE, cwd=project))
+    assert info["GREETING"] == "hello from the dev shell"
+    assert info["HOOK_RAN_IN"] == str(project)
+    assert info["python3"].startswith("/nix/store/")
+
+
+def test_kernel_process_is_exec_not_a_child(nix, projects, manager_factory, kernel_runner):
+    """No launcher stays between the server and the kernel: the kernel is the launched process."""
+    from jupyter_client import KernelManager
+
+    project = write_flake(projects / "p")
+    manager = manager_factory(project_dirs=[str(projects)])
+    km = KernelManager(kernel_spec_manager=manager, kernel_name=kernel_named(manager, "flake"))
+    km.start_kernel(cwd=str(project))
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=120)
+        out: list[str] = []
+        kc.execute_interactive(
+            "import os; print(os.getpid())",
+            output_hook=lambda m: out.append(m["content"].get("text", "")),
+            timeout=60,
+        )
+        assert int("".join(out).strip()) == km.provisioner.process.pid
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_second_start_uses_the_cache_without_running_nix(
+    nix, counting_nix, projects, manager_factory, kernel_runner
+):
+    project = write_flake(projects / "cached")
+    manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
+    name = kernel_named(manager, "flake")
+
+    first = probe(kernel_runner(manager, name, PROBE, project))
+    assert counting_nix.evaluations() == 1
+    calls_after_first = len(counting_nix.calls())
+
+    second = probe(kernel_runner(manager, name, PROBE, project))
+    assert len(counting_nix.calls()) == calls_after_first, counting_nix.calls()
+    assert second["GREETING"] == first["GREETING"]
+    # ...and the hook still runs at every start, in that start's directory.
+    sub = project / "notebooks"
+    sub.mkdir()
+    third = probe(kernel_runner(manager, name, PROBE, sub))
+    assert third["HOOK_RAN_IN"] == str(sub)
+    assert len(counting_nix.calls()) == calls_after_first
+
+
+def test_editing_an_imported_nix_file_reevaluates(
+    nix, counting_nix, projects, manager_factory, kernel_runner
+):
+    project = write_shell_nix(
+        projects / "imports",
+        {"GREETING": "x", "COLOR": "${colors.favourite}", "packages": [PYTHON]},
+        let="colors = import ./lib/colors.nix;",
+    )
+    # nix_value escapes ${...}: un-escape the one interpolation this test wants.
+    shell = project / "shell.nix"
+    shell.write_text(shell.read_text().replace("\\${colors.favourite}", "${colors.favourite}"))
+    (project / "lib").mkdir()
+    (project / "lib" / "colors.nix").write_text('{ favourite = "blue"; }\n')
+    manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
+    name = kernel_named(manager, "shell.nix")
+    code = "import os; print(os.environ['COLOR'])"
+
+    assert kernel_runner(manager, name, code, project).stdout.strip() == "blue"
+    assert kernel_runner(manager, name, code, project).stdout.strip() == "blue"
+    assert counting_nix.evaluations() == 1
+
+    (project / "lib" / "colors.nix").write_text('{ favourite = "green"; }\n')
+    assert kernel_runner(manager, name, code, project).stdout.strip() == "green"
+    assert counting_nix.evaluations() == 2
+
+
+def test_editing_flake_nix_reevaluates(nix, counting_nix, projects, manager_factory, kernel_runner):
+    project = write_flake(projects / "edit")
+    manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
+    name = kernel_named(manager, "flake")
+    code = "import os; print(os.environ['GREETING'])"
+    assert kernel_runner(manager, name, code, project).stdout.strip() == "hello from the dev shell"
+    write_flake(project, {"default": {**DEFAULT_SHELL, "GREETING": "changed"}})
+    assert kernel_runner(manager, name, code, project).stdout.strip() == "changed"
+    assert counting_nix.evaluations() == 2
+
+
+def test_cache_entry_is_gc_rooted(nix, projects, manager_factory, kernel_runner):
+    project = write_flake(projects / "rooted")
+    manager = manager_factory(project_dirs=[str(projects)])
+    kernel_runner(manager, kernel_named(manager, "flake"), "1", project)
+    slot = manager.cache.slot(manager.targets()[0].nix_source())
+    profile = Path(slot) / "profile"
+    target = os.path.realpath(profile)
+    assert target.startswith("/nix/store/") and os.path.exists(target)
+    roots = [os.path.realpath(p) for p in Path("/nix/var/nix/gcroots/auto").iterdir()]
+    assert any(os.path.realpath(r) == target or r.startswith(str(slot)) for r in roots)
