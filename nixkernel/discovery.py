@@ -77,7 +77,9 @@ def walk_dirs(root: str, max_depth: int) -> Iterator[tuple[str, int, list[os.Dir
             yield directory, depth, entries
             if depth >= max_depth:
                 continue
-            for entry in entries:
+            # Real directories before links, so a project reachable both ways is listed under
+            # its own path, whatever order the file system returns entries in.
+            for entry in sorted(entries, key=_links_last):
                 if is_pruned(entry.name):
                     continue
                 try:
@@ -140,6 +142,13 @@ def find_enclosing_project(start: str, stop_at: str | None = None) -> Project | 
         if parent == current or (stop_at is not None and current == os.path.abspath(stop_at)):
             return None
         current = parent
+
+
+def _links_last(entry: os.DirEntry[str]) -> tuple[bool, str]:
+    try:
+        return entry.is_symlink(), entry.name
+    except OSError:
+        return True, entry.name
 
 
 def _identity(path: str) -> str:

@@ -1,0 +1,108 @@
+"""Environments that cannot be made start the fallback kernel, which answers every cell with a
+message naming the project and the fix (instead of a kernel dying in a restart loop)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
+
+FALLBACK = "nixkernel-fallback"
+
+
+def only_kernel(manager) -> str:
+    (target,) = manager.targets()
+    return target.name
+
+
+def start_failing(manager, cwd, kernel_runner):
+    run = kernel_runner(manager, only_kernel(manager), "print('unreachable')", cwd)
+    assert run.implementation == FALLBACK
+    assert run.stdout == ""
+    assert len(run.errors) == 1 and run.errors[0]["ename"] == "NixKernelError"
+    return run.error_text
+
+
+def test_no_nix_anywhere(
+    nix, projects, manager_factory, kernel_runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    project = write_flake(projects / "p")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    if os.path.exists("/nix/var/nix/profiles/default/bin/nix"):
+        pytest.skip("this machine has a default-profile Nix: 'not found' cannot happen here")
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "Nix was not found" in text
+    assert "nix_executable" in text and str(project) in text
+
+
+def test_configured_nix_that_does_not_exist(nix, projects, manager_factory, kernel_runner):
+    project = write_flake(projects / "p")
+    manager = manager_factory(project_dirs=[str(projects)], nix_executable="/opt/no/nix")
+    text = start_failing(manager, project, kernel_runner)
+    assert "/opt/no/nix" in text and "nix_executable" in text
+
+
+def test_nix_file_that_fails_to_evaluate(nix, projects, manager_factory, kernel_runner):
+    shells = {"default": {**DEFAULT_SHELL, "BROKEN": Raw('throw "the answer is not 41"')}}
+    project = write_flake(projects / "broken", shells)
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "Nix could not evaluate" in text and str(project) in text
+    assert "the answer is not 41" in text  # Nix's own message
+    assert "nix develop" in text  # how to reproduce it
+
+
+def test_nixpkgs_missing_from_nix_path(
+    nix, projects, manager_factory, kernel_runner, monkeypatch: pytest.MonkeyPatch
+):
+    project = projects / "classic"
+    project.mkdir()
+    (project / "shell.nix").write_text("with import <nixpkgs> {}; mkShell {}\n")
+    monkeypatch.setenv("NIX_PATH", "")
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "<nixpkgs>" in text and "NIX_PATH" in text and "nix-channel --add" in text
+
+
+def test_flake_file_git_does_not_track(nix, projects, manager_factory, kernel_runner):
+    project = write_flake(projects / "untracked", git=False)
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    subprocess.run(["git", "-C", str(project), "add", "mini.nix"], check=True)
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "git add --intent-to-add flake.nix" in text and str(project) in text
+
+
+def test_environment_without_ipykernel(nix, projects, manager_factory, kernel_runner, tmp_path):
+    bare = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = Raw(
+        f'(mini.hostWrapper "python" [ {{ name = "python3"; target = "{bare}/bin/python3"; }} ])'
+    )
+    project = write_shell_nix(projects / "noipy", {**DEFAULT_SHELL, "packages": [python]})
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "cannot import ipykernel" in text and "ps.ipykernel" in text
+
+
+def test_fallback_kernel_keeps_answering(nix, projects, manager_factory):
+    """The error kernel stays up: a second cell gets the same answer, no restart loop."""
+    from jupyter_client import KernelManager
+
+    project = write_flake(projects / "b", {"default": {"X": Raw('throw "nope"')}})
+    manager = manager_factory(project_dirs=[str(projects)])
+    km = KernelManager(kernel_spec_manager=manager, kernel_name=only_kernel(manager))
+    km.start_kernel(cwd=str(project))
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        for _ in range(2):
+            reply = kc.execute_interactive("1 + 1", timeout=60)
+            assert reply["content"]["status"] == "error"
+            assert "nope" in "\n".join(reply["content"]["traceback"])
+        assert km.is_alive()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
