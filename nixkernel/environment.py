@@ -130,7 +130,13 @@ def rc_script(dev_env: Mapping) -> str:
             lines.append(f"declare -A {name}=({items})")
     functions = dev_env.get("bashFunctions") or {}
     for name, body in sorted(functions.items()) if isinstance(functions, Mapping) else []:
-        if isinstance(name, str) and _FUNCTION_NAME.match(name) and isinstance(body, str):
+        # A NUL cannot pass through execve: such a function is dropped, not a crash at exec.
+        if (
+            isinstance(name, str)
+            and _FUNCTION_NAME.match(name)
+            and isinstance(body, str)
+            and "\0" not in body
+        ):
             lines.append(f"{name} ()\n{{\n{body}\n}}")
     lines.append('eval "${shellHook:-}"')
     lines.append('exec "$@"')
