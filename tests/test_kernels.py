@@ -184,3 +184,27 @@ def test_cache_entry_is_gc_rooted(nix, projects, manager_factory, kernel_runner)
     assert target.startswith("/nix/store/") and os.path.exists(target)
     roots = [os.path.realpath(p) for p in Path("/nix/var/nix/gcroots/auto").iterdir()]
     assert any(os.path.realpath(r) == target or r.startswith(str(slot)) for r in roots)
+
+
+def test_direct_mode_enters_the_shell_with_nix_develop_every_time(
+    nix, counting_nix, projects, manager_factory, kernel_runner
+):
+    project = write_flake(projects / "direct")
+    manager = manager_factory(
+        project_dirs=[str(projects)], launch_mode="direct", nix_executable=counting_nix.path
+    )
+    name = kernel_named(manager, "flake")
+    for _ in range(2):
+        info = probe(kernel_runner(manager, name, PROBE, project))
+        assert info["GREETING"] == "hello from the dev shell"
+        assert info["HOOK_RAN_IN"] == str(project)
+    assert [c.split()[0] for c in counting_nix.calls()] == ["develop", "develop"]
+    assert not Path(manager.cache.slot(manager.targets()[0].nix_source())).exists()
+
+
+def test_direct_mode_with_nix_shell(nix, projects, manager_factory, kernel_runner):
+    project = write_shell_nix(projects / "direct-legacy")
+    manager = manager_factory(project_dirs=[str(projects)], launch_mode="direct")
+    info = probe(kernel_runner(manager, kernel_named(manager, "shell.nix"), PROBE, project))
+    assert info["GREETING"] == "hello from the dev shell"
+    assert info["python3"].startswith("/nix/store/")
