@@ -182,6 +182,8 @@ def plan_direct(
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
     if source.is_flake:
+        if source.local_dir:
+            nix.check_flake_path(source.local_dir)
         argv = [nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script]
         return Launch(nix_path, argv, env)
     nix_shell = os.path.join(os.path.dirname(nix_path), "nix-shell")

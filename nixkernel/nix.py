@@ -157,6 +157,25 @@ def untracked_flake_files(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in candidates if n not in tracked]
 
 
+#: Characters a flake reference's path may hold (RFC 3986 pchar): Nix parses flake references as
+#: URLs and does not percent-decode their paths, so other characters cannot be expressed.
+_FLAKE_PATH_OK = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]+$")
+
+
+def check_flake_path(directory: str) -> None:
+    """Raise if Nix cannot name a flake in ``directory`` (spaces, non-ASCII, ``#``, ``?``...)."""
+    if _FLAKE_PATH_OK.match(directory):
+        return
+    bad = sorted({c for c in directory if not _FLAKE_PATH_OK.match(c)})
+    raise NixEvaluationError(
+        f"Nix cannot use the flake in {directory!r}: its path contains "
+        + ", ".join(repr(c) for c in bad)
+        + ", which Nix's flake references cannot express (a symlink does not help).",
+        hint="Rename the directory (and its parents) to use only letters, digits and -._~, or give "
+        "the project a shell.nix (e.g. with flake-compat), which works at any path.",
+    )
+
+
 def _run_streaming(
     argv: list[str], env: dict[str, str] | None, on_line: Callable[[str], None] | None
 ) -> tuple[int, str, list[str]]:
@@ -201,6 +220,7 @@ def print_dev_env(
     evaluation read. Raises :class:`NixEvaluationError` with an actionable message.
     """
     if source.is_flake and source.local_dir:
+        check_flake_path(source.local_dir)
         untracked = untracked_flake_files(source.local_dir)
         if untracked:
             raise NixEvaluationError(
@@ -246,6 +266,7 @@ def flake_shell_names(
     nix: str, directory: str, system: str, env: dict[str, str] | None = None
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    check_flake_path(directory)
     argv = [
         nix, "eval", "--json", f"{directory}#devShells.{system}",
         "--apply", "builtins.attrNames",

@@ -106,3 +106,20 @@ def test_fallback_kernel_keeps_answering(nix, projects, manager_factory):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_flake_at_a_path_nix_cannot_name(nix, projects, manager_factory, kernel_runner):
+    """Nix 2.8 cannot express a flake path with spaces or non-ASCII characters: say so, with
+    the way out, instead of Nix's 'is not a valid URL'."""
+    project = write_flake(projects / "my project")
+    text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
+    assert "Nix cannot use the flake in" in text and "' '" in text and "shell.nix" in text
+
+
+def test_shell_nix_at_such_a_path_works(nix, projects, manager_factory, kernel_runner):
+    project = write_shell_nix(projects / "mön projet")
+    manager = manager_factory(project_dirs=[str(projects)])
+    run = kernel_runner(
+        manager, only_kernel(manager), "import os; print(os.environ['GREETING'])", project
+    )
+    assert run.stdout.strip() == "hello from the dev shell"
