@@ -71,7 +71,9 @@ def render(chromium: str, size: int, out: pathlib.Path, tmp: pathlib.Path) -> No
         "--default-background-color=00000000",
         page.as_uri(),
     ]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run(
+        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+    )
     width, height, _depth, colour = png_header(shot)
     if (width, height) != (size, size):
         raise SystemExit(f"render_logos: got {width}x{height} for {size}x{size}")
