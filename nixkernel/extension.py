@@ -1,28 +1,86 @@
 """The Jupyter server extension: makes NixKernelSpecManager the server's kernelspec manager.
 
-Installing the package drops ``jupyter_server_config.d/nixkernel.json``, which enables this
-extension. Linking runs before the server creates its managers, so it can select
-``NixKernelSpecManager``, unless the user chose another manager class or uses a gateway: their
-choice wins, with one line in the log saying so.
+Installing the package drops ``etc/jupyter/jupyter_server_config.d/nixkernel.json``, which
+enables this extension (files there are only read for ``jpserver_extensions``). jupyter_server
+links extensions (``init_server_extensions``) *before* it creates its managers
+(``init_configurables``), so linking can select ``NixKernelSpecManager``, unless the user chose
+another manager class (in a config file, on the command line, or on the ServerApp itself) or
+uses a gateway: their choice wins, with one line in the log saying so.
+
+Loading (after the web app exists) starts the background scan and, with
+``c.NixKernelSpecManager.warm_on_start = True``, evaluates the environments whose cache is stale
+or missing on a background thread, so the first kernel start of the day does not wait for Nix.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .describe import NixSource
+    from .kernelspec import NixKernelSpecManager
 
 MANAGER_CLASS = "nixkernel.kernelspec.NixKernelSpecManager"
 
+#: Environments evaluated at the same time when warming: Nix is CPU- and IO-heavy, and the
+#: server (and the user's first kernel) must stay responsive meanwhile.
+WARM_WORKERS = 2
+
+
+def _class_name(value: object) -> str:
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return str(value)
+
+
+def _is_nix_manager(value: object) -> bool:
+    """Whether ``value`` (a class or a dotted name) is NixKernelSpecManager or a subclass."""
+    from traitlets.utils.importstring import import_item
+
+    from .kernelspec import NixKernelSpecManager
+
+    if isinstance(value, str):
+        try:
+            value = import_item(value)
+        except Exception:  # an unimportable name is the user's (broken) choice, not ours
+            return False
+    return isinstance(value, type) and issubclass(value, NixKernelSpecManager)
+
+
+def configured_manager_class(serverapp: Any) -> object | None:
+    """The kernelspec manager class the user chose, or None if the server would pick its default.
+
+    Config files and the command line (``--ServerApp.kernel_spec_manager_class=...``) are loaded
+    into the ServerApp's traits before extensions are linked, and so is a value passed to the
+    ServerApp directly: ``trait_has_value`` sees all three. The trait's *default* must not be
+    read here: it consults ``serverapp.gateway_config``, which only exists after
+    ``init_configurables``.
+    """
+    if serverapp.trait_has_value("kernel_spec_manager_class"):
+        return serverapp.kernel_spec_manager_class
+    # Config not (yet) applied to the trait, e.g. a ServerApp subclass that loads it later.
+    return serverapp.config.get("ServerApp", {}).get("kernel_spec_manager_class")
+
+
+def gateway_url(serverapp: Any) -> str | None:
+    """The kernel gateway in use (``--gateway-url``, ``c.GatewayClient.url`` or
+    ``$JUPYTER_GATEWAY_URL``), or None. Read from config: instantiating the GatewayClient
+    singleton here would create it before the server passes it its parent."""
+    url = serverapp.config.get("GatewayClient", {}).get("url")
+    return url or os.environ.get("JUPYTER_GATEWAY_URL") or None
+
 
 def user_chose_other_manager(serverapp: Any) -> str | None:
-    """The reason not to install nixkernel's manager, or None."""
-    configured = serverapp.config.get("ServerApp", {}).get("kernel_spec_manager_class")
-    if configured and not str(configured).endswith("NixKernelSpecManager"):
-        return f"ServerApp.kernel_spec_manager_class is set to {configured}"
-    gateway = serverapp.config.get("GatewayClient", {}).get("url")
-    import os
-
-    if gateway or os.environ.get("JUPYTER_GATEWAY_URL"):
-        return "a kernel gateway is configured (GatewayClient.url)"
+    """Why not to install nixkernel's manager (the user's own choice), or None."""
+    configured = configured_manager_class(serverapp)
+    if configured is not None and not _is_nix_manager(configured):
+        return f"ServerApp.kernel_spec_manager_class is set to {_class_name(configured)}"
+    if configured is None and gateway_url(serverapp):
+        return f"a kernel gateway is configured (GatewayClient.url = {gateway_url(serverapp)})"
     return None
 
 
@@ -30,9 +88,14 @@ def _link_jupyter_server_extension(serverapp: Any) -> None:
     reason = user_chose_other_manager(serverapp)
     if reason:
         serverapp.log.info(
-            "nixkernel: %s; leaving it in place (nixkernel's kernels are off).", reason
+            "nixkernel: %s, so nixkernel leaves it in place and offers no project kernels "
+            "(remove that setting to let nixkernel select %s).",
+            reason,
+            MANAGER_CLASS,
         )
         return
+    if configured_manager_class(serverapp) is not None:
+        return  # the user already chose NixKernelSpecManager (or a subclass of it)
     serverapp.kernel_spec_manager_class = MANAGER_CLASS
 
 
@@ -40,8 +103,90 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     from .kernelspec import NixKernelSpecManager
 
     manager = serverapp.kernel_spec_manager
-    if isinstance(manager, NixKernelSpecManager):
-        manager.start_background_refresh()
-        serverapp.log.info(
-            "nixkernel: looking for projects under %s", ", ".join(manager.project_dirs)
+    if not isinstance(manager, NixKernelSpecManager):
+        return
+    manager.start_background_refresh()
+    serverapp.log.info("nixkernel: looking for projects under %s", ", ".join(manager.project_dirs))
+    if manager.warm_on_start:
+        start_warming(manager)
+
+
+# -- warming the cache -------------------------------------------------------------------------
+
+
+def warm_sources(manager: NixKernelSpecManager) -> list[NixSource]:
+    """The Nix sources of the discovered kernels, each once (waits for the first scan)."""
+    from .describe import KIND_VENV, NixSource
+
+    sources: dict[NixSource, None] = {}
+    for target in manager.targets():
+        source = target.nix_source()
+        if source is None and target.kind == KIND_VENV and manager.venv_library_shell:
+            source = NixSource.parse(manager.venv_library_shell)
+        if source is not None:
+            sources.setdefault(source, None)
+    return list(sources)
+
+
+def warm_environments(
+    manager: NixKernelSpecManager, log: Callable[..., None] | None = None
+) -> dict[str, str]:
+    """Evaluate every discovered environment whose cache entry is stale or missing, at most
+    :data:`WARM_WORKERS` at a time. Blocking (runs Nix): call it off the event loop.
+
+    Returns ``{source: outcome}`` for the environments it tried: ``"evaluated"``, ``"stale"``
+    (re-evaluation failed, the old environment stays) or ``"failed: <reason>"``.
+    """
+    from . import nix
+    from .cache import FRESH, STALE
+
+    log = log or manager.log.info
+    if manager.launch_mode != "cached":
+        log(
+            "nixkernel: launch_mode is %r, which uses no cache: nothing to warm.",
+            manager.launch_mode,
         )
+        return {}
+    nix_executable = manager.nix_executable or None
+    try:
+        nix.find_nix(nix_executable)
+    except nix.NixNotFoundError as exc:
+        log("nixkernel: cannot warm environments: %s", exc.message)
+        return {}
+    cache = manager.cache
+    sources = warm_sources(manager)
+    todo = [s for s in sources if cache.inspect(s, nix_executable)[0] != FRESH]
+    log(
+        "nixkernel: warming %d of %d environments (stale or not cached), %d at a time",
+        len(todo),
+        len(sources),
+        WARM_WORKERS,
+    )
+
+    def warm(source: NixSource) -> str:
+        try:
+            resolved = cache.ensure(source, nix_executable, allow_stale=manager.stale_fallback)
+        except nix.NixKernelError as exc:
+            return f"failed: {exc.message}"
+        return "stale" if resolved.state == STALE else "evaluated"
+
+    outcomes: dict[str, str] = {}
+    with ThreadPoolExecutor(WARM_WORKERS, thread_name_prefix="nixkernel-warm") as pool:
+        for source, outcome in zip(todo, pool.map(warm, todo), strict=True):
+            outcomes[source.describe()] = outcome
+            log("nixkernel: warmed %s: %s", source.describe(), outcome)
+    return outcomes
+
+
+def start_warming(manager: NixKernelSpecManager) -> threading.Thread:
+    """Run :func:`warm_environments` on a daemon thread: never on the server's event loop."""
+
+    def run() -> None:
+        try:
+            warm_environments(manager)
+        except Exception:  # a failed warm-up must not take anything else down
+            manager.log.exception("nixkernel: warming the environment cache failed")
+
+    thread = threading.Thread(target=run, name="nixkernel-warm", daemon=True)
+    thread.start()
+    return thread

@@ -32,6 +32,9 @@ from .discovery import discover
 
 RESOURCES = str(Path(__file__).parent / "resources")
 
+#: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
+_SPEC_DEFAULTS = {k: v for k, v in KernelSpec().to_dict().items() if k != "argv"}
+
 
 class NixKernelSpecManager(KernelSpecManager):
     """Offers every Nix dev shell, ``shell.nix`` and virtualenv under :attr:`project_dirs` as a
@@ -112,6 +115,13 @@ class NixKernelSpecManager(KernelSpecManager):
         shows up in the next listing after that, without restarting the server.""",
     ).tag(config=True)
 
+    warm_on_start = Bool(
+        False,
+        help="""When the server starts, evaluate the environments whose cache is stale or
+        missing, two at a time on a background thread (never on the event loop), so the first
+        kernel start of the day does not wait for Nix. What it did goes to the server's log.""",
+    ).tag(config=True)
+
     @default("project_dirs")
     def _default_project_dirs(self) -> list[str]:
         root = getattr(self.parent, "root_dir", None)
@@ -124,6 +134,8 @@ class NixKernelSpecManager(KernelSpecManager):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._targets: dict[str, KernelTarget] = {}
+        self._own: dict[str, KernelTarget] = {}
+        self._listing: dict[str, dict[str, Any]] = {}
         self._scanned = threading.Event()
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
@@ -149,7 +161,16 @@ class NixKernelSpecManager(KernelSpecManager):
         """Re-scan synchronously and replace the in-memory listing."""
         with self._scan_lock:
             targets = self.scan()
-            self._targets = {t.name: t for t in targets}
+            own = {t.name: t for t in targets}
+            if self.project_kernel:
+                own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
+            # Built once per scan: JupyterLab polls the listing every minute per tab.
+            listing = {
+                name: {"resource_dir": RESOURCES, "spec": self.spec_dict(t)}
+                for name, t in own.items()
+            }
+            self._targets, self._own, self._listing = dict(own), own, listing
+            self._targets.pop(PROJECT_KERNEL_NAME, None)
             self._scanned.set()
         return targets
 
@@ -243,19 +264,23 @@ class NixKernelSpecManager(KernelSpecManager):
             argv.append("--no-venvs")
         return [*argv, "-f", "{connection_file}"]
 
-    def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
-        metadata: dict[str, Any] = {
-            "debugger": True,
-            "nixkernel": {**target.as_dict(), "problem": target.problem},
+    def spec_dict(self, target: KernelTarget) -> dict[str, Any]:
+        """The kernel.json content for ``target`` (a plain dict: listings build a thousand)."""
+        return {
+            **_SPEC_DEFAULTS,
+            "argv": self.launcher_argv(target),
+            "env": {},
+            "display_name": target.display_name,
+            "language": "python",
+            "interrupt_mode": "signal",
+            "metadata": {
+                "debugger": True,
+                "nixkernel": {**target.as_dict(), "problem": target.problem},
+            },
         }
-        return KernelSpec(
-            resource_dir=RESOURCES,
-            argv=self.launcher_argv(target),
-            display_name=target.display_name,
-            language="python",
-            interrupt_mode="signal",
-            metadata=metadata,
-        )
+
+    def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
+        return KernelSpec(resource_dir=RESOURCES, **self.spec_dict(target))
 
     def project_kernel_target(self) -> KernelTarget:
         return KernelTarget(
@@ -267,14 +292,11 @@ class NixKernelSpecManager(KernelSpecManager):
 
     def _own_targets(self) -> dict[str, KernelTarget]:
         self._wait_for_scan()
-        own = dict(self._targets)
-        if self.project_kernel:
-            own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
-        return own
+        return self._own
 
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
-        specs.update({name: RESOURCES for name in self._own_targets()})
+        specs.update(dict.fromkeys(self._own_targets(), RESOURCES))
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
@@ -283,8 +305,7 @@ class NixKernelSpecManager(KernelSpecManager):
         Only a name of a discovered environment (or a native kernelspec) is ever accepted: kernel
         names come from notebook metadata and must never choose what runs.
         """
-        name = kernel_name.lower()
-        target = self._own_targets().get(name)
+        target = self._own_targets().get(kernel_name.lower())
         if target is not None:
             return self.kernel_spec_for(target)
         if self.keep_native_kernels:
@@ -292,14 +313,18 @@ class NixKernelSpecManager(KernelSpecManager):
         raise NoSuchKernel(kernel_name)
 
     def get_all_specs(self) -> dict[str, dict[str, Any]]:
+        """Every kernelspec, from memory (nixkernel's are built once per scan)."""
         specs: dict[str, dict[str, Any]] = {}
         if self.keep_native_kernels:
-            specs.update(super().get_all_specs())
-        for name, target in self._own_targets().items():
-            specs[name] = {
-                "resource_dir": RESOURCES,
-                "spec": self.kernel_spec_for(target).to_dict(),
-            }
+            for name, resource_dir in super().find_kernel_specs().items():
+                try:
+                    spec = super().get_kernel_spec(name)
+                except Exception:  # a broken kernel.json on disk must not hide the others
+                    self.log.warning("Error loading kernelspec %r", name, exc_info=True)
+                    continue
+                specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
+        self._own_targets()
+        specs.update(self._listing)
         return specs
 
     def remove_kernel_spec(self, name: str) -> str:
