@@ -487,7 +487,7 @@ class TestWarmOnStart:
         return {"warm_on_start": True, "nix_executable": counting_nix.path}
 
     async def test_environments_are_cached_before_any_kernel_starts(
-        self, jp_fetch, jp_ws_fetch, root_projects, manager, counting_nix
+        self, jp_fetch, jp_ws_fetch, root_projects, manager, counting_nix, server_log
     ):
         sources = [t.nix_source() for t in manager.targets() if t.nix_source()]
         assert len(sources) == 2  # alpha's flake, beta's shell.nix
@@ -496,6 +496,9 @@ class TestWarmOnStart:
             assert time.monotonic() < deadline, counting_nix.calls()
             await asyncio.sleep(0.2)  # poll interval, not synchronisation
         assert counting_nix.evaluations() == 2
+        assert "nixkernel: warming 2 of 2 environments (stale or not cached), 2 at a time" in (
+            server_log
+        )
 
         listing = await get_json(jp_fetch, "api", "kernelspecs")
         name = spec_of(listing, root_projects.beta, "shell.nix")["name"]
@@ -504,3 +507,29 @@ class TestWarmOnStart:
         )
         assert probed(await execute(jp_ws_fetch, kernel_id, PROBE))["GREETING"] == "beta"
         assert counting_nix.evaluations() == 2  # the kernel start did not wait for Nix
+
+
+def test_warming_evaluates_only_stale_or_missing_environments(
+    nix, counting_nix, projects, manager_factory
+):
+    alpha = write_flake(projects / "alpha")
+    beta = write_shell_nix(projects / "beta")
+    manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
+    lines: list[str] = []
+
+    def log(message: str, *args: object) -> None:
+        lines.append(message % args)
+
+    first = extension.warm_environments(manager, log)
+    assert sorted(first.values()) == ["evaluated", "evaluated"]
+    assert counting_nix.evaluations() == 2
+
+    assert extension.warm_environments(manager, log) == {}  # all fresh: Nix does not run
+    assert counting_nix.evaluations() == 2
+    assert lines[-1] == "nixkernel: warming 0 of 2 environments (stale or not cached), 2 at a time"
+
+    write_shell_nix(beta, {**DEFAULT_SHELL, "GREETING": "edited"})  # beta is stale now
+    again = extension.warm_environments(manager, log)
+    assert again == {f"{beta}/shell.nix": "evaluated"}
+    assert counting_nix.evaluations() == 3
+    assert str(alpha) not in " ".join(again)
