@@ -3,26 +3,52 @@
 A :class:`~jupyter_core.application.JupyterApp` with subcommands, like ``jupyter kernelspec``.
 Every subcommand reads ``jupyter_server_config.py`` (and ``.json``) like the server does, so
 ``c.NixKernelSpecManager.*`` settings apply to both.
+
+- ``list``: the kernels nixkernel offers (``--all``: and the ordinary kernelspecs);
+- ``show NAME``: one kernel's spec, project, watched inputs, cache state (``--env``: environment);
+- ``warm``: evaluate and cache environments ahead of time, several at once;
+- ``install`` / ``uninstall``: write real ``kernel.json`` files for tools that read kernelspecs
+  from disk (VS Code, nbconvert, papermill, nbclient);
+- ``clean``: drop cached environments and their GC roots;
+- ``doctor``: check the machine and each project, with a fix for each problem;
+- ``enable`` / ``disable`` / ``status``: the server extension's switch and what the server uses.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
+import shutil
 import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
-from traitlets import Bool, Instance, List, Unicode
+from jupyter_core.paths import jupyter_data_dir
+from traitlets import Bool, Instance, Int, List, Unicode
 
-from . import __version__
-from .describe import KernelTarget
-from .kernelspec import NixKernelSpecManager
+from . import __version__, doctor, nix, serverconfig
+from .cache import NONE, STALE, watched_inputs
+from .describe import KernelTarget, NixSource
+from .environment import kernel_environment
+from .kernelspec import RESOURCES, NixKernelSpecManager
 from .launch import target_source
+
+INSTALLED_BY = "nixkernel"
+
+#: The flags every subcommand has: not --generate-config, which would write a
+#: jupyter_server_config.py holding nothing but nixkernel's settings.
+_flags = {k: v for k, v in base_flags.items() if k not in ("generate-config", "y")}
 
 
 class NixKernelSubcommand(JupyterApp):
-    """Shared plumbing: server configuration, a manager, and DIR arguments."""
+    """Shared plumbing: server configuration, a manager, and DIR or NAME arguments."""
 
     version = __version__
     # Read the same configuration files as the Jupyter server.
@@ -35,30 +61,90 @@ class NixKernelSubcommand(JupyterApp):
         "depth": "NixKernelSpecManager.max_depth",
         "cache-dir": "NixKernelSpecManager.cache_dir",
         "nix": "NixKernelSpecManager.nix_executable",
+        "dir": "NixKernelSpecManager.project_dirs",
     }
-    flags = dict(base_flags)
+    flags = dict(_flags)
+
+    #: Whether positional arguments are directories to search (else kernel names).
+    takes_dirs = True
 
     manager = Instance(NixKernelSpecManager, allow_none=True)
     dirs = List(Unicode(), help="Directories given on the command line.")
+    names = List(Unicode(), help="Kernel names given on the command line.")
 
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
-        self.dirs = [os.path.abspath(d) for d in self.extra_args]
         self.manager = NixKernelSpecManager(parent=self)
+        if self.takes_dirs:
+            self.dirs = [os.path.abspath(d) for d in self.extra_args]
+        else:
+            self.names = [n.lower() for n in self.extra_args]
         if self.dirs:
             self.manager.project_dirs = self.dirs
+        elif not self.manager.trait_has_value("project_dirs"):
+            # Like the server: its root directory, when configured, else the current directory.
+            root = self.config.get("ServerApp", {}).get("root_dir")
+            if root:
+                self.manager.project_dirs = [os.path.expanduser(str(root))]
+
+    @property
+    def nix_option(self) -> str | None:
+        assert self.manager is not None
+        return self.manager.nix_executable or None
+
+    def source_of(self, target: KernelTarget) -> NixSource | None:
+        assert self.manager is not None
+        return target_source(target, self.manager.venv_library_shell or None)
 
     def cache_state(self, target: KernelTarget) -> str:
         assert self.manager is not None
-        source = target_source(target, self.manager.venv_library_shell or None)
+        source = self.source_of(target)
         if source is None:
             return "-"
-        state, _ = self.manager.cache.inspect(source, self.manager.nix_executable or None)
+        state, _ = self.manager.cache.inspect(source, self.nix_option)
         return state
 
+    def all_targets(self, learn_shells: bool = False) -> list[KernelTarget]:
+        """Every kernel nixkernel offers here (with the project-following one, if on).
+
+        ``learn_shells`` first evaluates the devShell names of flakes (runs Nix), so that every
+        devShell is included, not only those already known."""
+        assert self.manager is not None
+        targets = self.manager.refresh()
+        if (
+            learn_shells
+            and self.manager.discover_flake_shells
+            and self.manager.learn_flake_shells()
+        ):
+            targets = self.manager.refresh()
+        if self.manager.project_kernel:
+            targets = [*targets, self.manager.project_kernel_target()]
+        return targets
+
+    def resolve_names(self, names: list[str]) -> list[KernelTarget]:
+        """The targets called ``names``, or exit with a message saying how to find names."""
+        targets = {t.name: t for t in self.all_targets()}
+        unknown = [n for n in names if n not in targets]
+        if unknown and any(n.startswith("nix-") for n in unknown):
+            # Maybe a devShell of a flake whose shell names are not learnt yet.
+            targets = {t.name: t for t in self.all_targets(learn_shells=True)}
+            unknown = [n for n in names if n not in targets]
+        if unknown:
+            assert self.manager is not None
+            self.fail(
+                f"no kernel named {', '.join(unknown)} under "
+                f"{', '.join(self.manager.project_dirs)}.\n"
+                "`jupyter nixkernel list` shows the names of the kernels there; to look "
+                "elsewhere, pass --dir=DIR (or set c.NixKernelSpecManager.project_dirs)."
+            )
+        return [targets[n] for n in names]
+
     def fail(self, message: str, status: int = 1) -> None:
-        print(f"jupyter nixkernel: {message}", file=sys.stderr)
+        print(f"jupyter nixkernel {self.name.rsplit('-', 1)[-1]}: {message}", file=sys.stderr)
         self.exit(status)
+
+
+# -- list ----------------------------------------------------------------------------------------
 
 
 class ListApp(NixKernelSubcommand):
@@ -68,14 +154,23 @@ class ListApp(NixKernelSubcommand):
     directory). The CACHE column says whether the environment is evaluated and current (fresh),
     evaluated but its Nix files changed since (stale), or not evaluated (none)."""
     examples = """
-    jupyter nixkernel list
-    jupyter nixkernel list --json ~/projects
-    """
+jupyter nixkernel list
+jupyter nixkernel list --json ~/projects
+jupyter nixkernel list --all
+
+"""
 
     json_output = Bool(False, help="Print JSON instead of a table.").tag(config=True)
+    include_native = Bool(False, help="Also list the ordinary kernelspecs (kind 'native').").tag(
+        config=True
+    )
     flags = {
         **NixKernelSubcommand.flags,
         "json": ({"ListApp": {"json_output": True}}, "Print machine-readable JSON."),
+        "all": (
+            {"ListApp": {"include_native": True}},
+            "Also list the ordinary kernelspecs (python3, `jupyter kernelspec install`ed ones).",
+        ),
     }
 
     def start(self) -> None:
@@ -86,6 +181,8 @@ class ListApp(NixKernelSubcommand):
             if target.problem:
                 row["problem"] = target.problem
             rows.append(row)
+        if self.include_native:
+            rows.extend(native_rows(rows))
         if self.json_output:
             json.dump(rows, sys.stdout, indent=2)
             print()
@@ -96,11 +193,33 @@ class ListApp(NixKernelSubcommand):
         print_table(
             ["NAME", "DISPLAY NAME", "KIND", "PROJECT", "CACHE"],
             [
-                [r["name"], r["display_name"], r["kind"], r["project"],
+                [r["name"], r["display_name"], r["kind"], r["project"] or "-",
                  r["cache"] + (" (broken venv)" if r.get("problem") else "")]
                 for r in rows
             ],
         )  # fmt: skip
+
+
+def native_rows(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ordinary kernelspecs on this machine, in ``list``'s row format (kind ``native``)."""
+    taken = {r["name"] for r in own}
+    rows = []
+    for name, spec in sorted(KernelSpecManager().get_all_specs().items()):
+        if name in taken:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "display_name": spec["spec"].get("display_name", name),
+                "kind": "native",
+                "shell": None,
+                "project": None,
+                "venv": None,
+                "cache": "-",
+                "resource_dir": spec["resource_dir"],
+            }
+        )
+    return rows
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
@@ -109,13 +228,676 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=False)).rstrip())
 
 
+# -- show ----------------------------------------------------------------------------------------
+
+
+class ShowApp(NixKernelSubcommand):
+    name = "jupyter-nixkernel-show"
+    description = """Show one kernel: its kernelspec (command, display name, metadata), its
+    project, the files whose change makes the cached environment stale, the cache's state, and
+    with --env the environment the kernel would start with."""
+    examples = """
+jupyter nixkernel show nix-api-flake-0123456789
+jupyter nixkernel show nix-api-flake-0123456789 --env --evaluate
+jupyter nixkernel show nix-api-flake-0123456789 --json
+
+"""
+    takes_dirs = False
+
+    json_output = Bool(False, help="Print JSON.").tag(config=True)
+    show_env = Bool(False, help="Show the environment the kernel would get.").tag(config=True)
+    evaluate = Bool(False, help="Evaluate the environment first if it is not cached or stale.").tag(
+        config=True
+    )
+    flags = {
+        **NixKernelSubcommand.flags,
+        "json": ({"ShowApp": {"json_output": True}}, "Print machine-readable JSON."),
+        "env": ({"ShowApp": {"show_env": True}}, "Show the kernel's environment variables."),
+        "evaluate": (
+            {"ShowApp": {"evaluate": True}},
+            "Evaluate (runs Nix) when the environment is not cached or stale.",
+        ),
+    }
+
+    def start(self) -> None:
+        assert self.manager is not None
+        if len(self.names) != 1:
+            self.fail("give one kernel name (see `jupyter nixkernel list`).")
+        (target,) = self.resolve_names(self.names)
+        info = self.describe(target)
+        if self.json_output:
+            json.dump(info, sys.stdout, indent=2)
+            print()
+            return
+        print_show(info)
+
+    def describe(self, target: KernelTarget) -> dict[str, Any]:
+        assert self.manager is not None
+        spec = self.manager.kernel_spec_for(target).to_dict()
+        info: dict[str, Any] = {**target.as_dict(), "problem": target.problem, "kernelspec": spec}
+        source = self.source_of(target)
+        info["source"] = source.describe() if source else None
+        info["watched_inputs"] = watched_inputs(source) if source else []
+        entry: dict | None = None
+        if source is not None:
+            cache = self.manager.cache
+            state, entry = cache.inspect(source, self.nix_option)
+            if self.evaluate and state != "fresh":
+                try:
+                    resolved = cache.ensure(
+                        source, self.nix_option, allow_stale=False, on_line=_stderr_line
+                    )
+                    state, entry = resolved.state, resolved.entry
+                except nix.NixKernelError as exc:
+                    self.fail(f"evaluating {source.describe()} failed:\n{exc}")
+            slot = cache.slot(source)
+            info["cache"] = {
+                "state": state,
+                "slot": slot,
+                "evaluated": _when(entry.get("created")) if entry else None,
+                "nix_version": entry.get("nix_version") if entry else None,
+                "gc_root": os.path.join(slot, "profile") if entry else None,
+                "gc_root_target": entry.get("profile") if entry else None,
+                "has_shell_hook": bool(entry and entry.get("rc")),
+            }
+        else:
+            info["cache"] = {"state": "-", "note": "no Nix environment to cache"}
+        if self.show_env:
+            if source is not None and (entry is None or info["cache"]["state"] == NONE):
+                info["env"] = None
+                info["env_note"] = (
+                    "Not evaluated yet: run `jupyter nixkernel warm "
+                    f"{target.name}`, or pass --evaluate."
+                )
+            elif target.kind == "auto":
+                info["env"] = None
+                info["env_note"] = "Follows the notebook's project: see that project's kernel."
+            else:
+                variables = entry["variables"] if entry else {}
+                info["env"] = kernel_environment(variables, os.environ, target.venv)
+                if entry and info["cache"]["state"] == STALE:
+                    info["env_note"] = "From the stale cache entry: `warm` updates it."
+        return info
+
+
+def _when(timestamp: object) -> str | None:
+    if not isinstance(timestamp, int | float):
+        return None
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def print_show(info: dict[str, Any]) -> None:
+    spec = info["kernelspec"]
+    kind = info["kind"] + (f" (devShell {info['shell']})" if info.get("shell") else "")
+    rows = [
+        ("Name", info["name"]),
+        ("Display name", spec["display_name"]),
+        ("Kind", kind),
+        ("Project", info["project"] or "(the notebook's enclosing project)"),
+        ("Virtualenv", info["venv"] or "-"),
+        ("Nix source", info["source"] or "-"),
+    ]
+    if info.get("problem"):
+        rows.append(("Problem", info["problem"]))
+    for label, value in rows:
+        print(f"{label + ':':<14}{value}")
+    print("Command:")
+    print("  " + " ".join(spec["argv"]))
+    print("Metadata:")
+    for line in json.dumps(spec["metadata"], indent=2).splitlines():
+        print("  " + line)
+    if info["watched_inputs"]:
+        print("Watched inputs (a change makes the cached environment stale):")
+        for path in info["watched_inputs"]:
+            print(f"  {path}" + ("" if os.path.exists(path) else "  (absent)"))
+    cache = info["cache"]
+    print(f"Cache:        {cache['state']}")
+    if cache.get("evaluated"):
+        print(f"  evaluated   {cache['evaluated']} with Nix {cache['nix_version']}")
+        print(f"  GC root     {cache['gc_root']} -> {cache['gc_root_target']}")
+    if cache.get("slot"):
+        print(f"  slot        {cache['slot']}")
+    if "env" in info:
+        if info.get("env_note"):
+            print(f"Environment:  {info['env_note']}")
+        if info["env"] is not None:
+            print("Environment:" if not info.get("env_note") else "")
+            for key, value in sorted(info["env"].items()):
+                # Quoted like a shell would need it: some values hold newlines or spaces.
+                print(f"  {key}={shlex.quote(value)}")
+            if cache.get("has_shell_hook"):
+                print("  (plus what the shell's shellHook sets when the kernel starts)")
+
+
+# -- warm ----------------------------------------------------------------------------------------
+
+
+class WarmApp(NixKernelSubcommand):
+    name = "jupyter-nixkernel-warm"
+    description = """Evaluate and cache the environments of the named kernels (or --all) now,
+    several at once, so kernels start without waiting for Nix. Nix's output is shown prefixed
+    by the kernel name. Exit status 1 if any evaluation failed."""
+    examples = """
+jupyter nixkernel warm --all
+jupyter nixkernel warm --all --jobs 4 --dir ~/projects
+jupyter nixkernel warm nix-api-flake-0123456789
+
+"""
+    takes_dirs = False
+
+    warm_all = Bool(False, help="Warm every kernel's environment.").tag(config=True)
+    jobs = Int(min(4, os.cpu_count() or 1), help="How many environments to evaluate at once.").tag(
+        config=True
+    )
+    aliases = {**NixKernelSubcommand.aliases, "jobs": "WarmApp.jobs", "j": "WarmApp.jobs"}
+    flags = {
+        **NixKernelSubcommand.flags,
+        "all": ({"WarmApp": {"warm_all": True}}, "Warm every kernel found."),
+    }
+
+    def start(self) -> None:
+        assert self.manager is not None
+        if self.warm_all == bool(self.names):
+            self.fail("name the kernels to warm, or pass --all (not both).")
+        targets = (
+            self.all_targets(learn_shells=True) if self.warm_all else self.resolve_names(self.names)
+        )
+        jobs = self.plan(targets)
+        if not jobs:
+            print("Nothing to evaluate: no kernel here has a Nix environment.")
+            return
+        failures = self.run(jobs)
+        if failures:
+            names = ", ".join(name for name, _ in failures)
+            print(f"\n{len(failures)} of {len(jobs)} failed: {names}", file=sys.stderr)
+            for name, error in failures:
+                print(f"\n{name}:\n{error}", file=sys.stderr)
+            self.exit(1)
+        print(f"All {len(jobs)} environment(s) are cached.")
+
+    def plan(self, targets: list[KernelTarget]) -> list[tuple[str, NixSource]]:
+        """(kernel name, source) for each distinct Nix environment among ``targets``."""
+        assert self.manager is not None
+        seen: set[str] = set()
+        jobs = []
+        for target in targets:
+            source = self.source_of(target)
+            if source is None:
+                continue
+            slot = self.manager.cache.slot(source)
+            if slot not in seen:
+                seen.add(slot)
+                jobs.append((target.name, source))
+        return jobs
+
+    def run(self, jobs: list[tuple[str, NixSource]]) -> list[tuple[str, str]]:
+        """Evaluate ``jobs`` on a thread pool, printing progress; returns the failures."""
+        assert self.manager is not None
+        cache, nix_option = self.manager.cache, self.nix_option
+        lock = threading.Lock()
+
+        def say(text: str, stream: Any = sys.stdout) -> None:
+            with lock:
+                print(text, file=stream, flush=True)
+
+        def warm(name: str, source: NixSource) -> str:
+            started = time.monotonic()
+            resolved = cache.ensure(
+                source,
+                nix_option,
+                allow_stale=False,
+                on_line=lambda line: say(f"  [{name}] {line}"),
+            )
+            took = time.monotonic() - started
+            return f"evaluated in {took:.1f} s" if resolved.evaluated else "already cached"
+
+        failures: list[tuple[str, str]] = []
+        done = 0
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            futures = {pool.submit(warm, name, source): name for name, source in jobs}
+            for future in as_completed(futures):
+                name = futures[future]
+                done += 1
+                try:
+                    say(f"[{done}/{len(jobs)}] {name} ... ok ({future.result()})")
+                except nix.NixKernelError as exc:
+                    failures.append((name, str(exc)))
+                    say(f"[{done}/{len(jobs)}] {name} ... FAILED: {exc.message}")
+                except Exception as exc:  # a bug of ours: report it, keep warming the others
+                    failures.append((name, f"{type(exc).__name__}: {exc}"))
+                    say(f"[{done}/{len(jobs)}] {name} ... FAILED: {type(exc).__name__}: {exc}")
+        return failures
+
+
+# -- install / uninstall -----------------------------------------------------------------------
+
+_location_flags = {
+    "user": (
+        {"KernelLocation": {"location": "user"}},
+        "The user's kernels directory (jupyter --data-dir)/kernels (the default).",
+    ),
+    "sys-prefix": (
+        {"KernelLocation": {"location": "sys-prefix"}},
+        "This Python environment's kernels directory (sys.prefix/share/jupyter/kernels).",
+    ),
+}
+
+
+class KernelLocation(NixKernelSubcommand):
+    """Where ``install`` writes and ``uninstall`` removes kernelspecs."""
+
+    takes_dirs = False
+    location = Unicode("user", help="'user', 'sys-prefix' or 'prefix'.").tag(config=True)
+    prefix = Unicode("", help="Install under PREFIX/share/jupyter/kernels.").tag(config=True)
+    every = Bool(False, help="All kernels.").tag(config=True)
+    aliases = {**NixKernelSubcommand.aliases, "prefix": "KernelLocation.prefix"}
+    flags = {
+        **NixKernelSubcommand.flags,
+        **_location_flags,
+        "all": ({"KernelLocation": {"every": True}}, "Every kernel."),
+    }
+
+    def install_prefix(self) -> str | None:
+        """The prefix kernelspecs go under (PREFIX/share/jupyter/kernels), None for the user's."""
+        if self.prefix:
+            return os.path.abspath(os.path.expanduser(self.prefix))
+        if self.location == "sys-prefix":
+            return sys.prefix
+        return None
+
+    def kernels_dir(self) -> str:
+        prefix = self.install_prefix()
+        if prefix is None:
+            return os.path.join(jupyter_data_dir(), "kernels")
+        return os.path.join(prefix, "share", "jupyter", "kernels")
+
+    def check_selection(self) -> None:
+        if self.every == bool(self.names):
+            self.fail("name the kernels, or pass --all (not both).")
+
+
+def installed_by_us(spec_dir: str) -> bool:
+    """Whether the kernelspec in ``spec_dir`` was written by ``jupyter nixkernel install``."""
+    try:
+        with open(os.path.join(spec_dir, "kernel.json"), encoding="utf-8") as f:
+            spec = json.load(f)
+        return spec["metadata"]["nixkernel"]["installed_by"] == INSTALLED_BY
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+class InstallApp(KernelLocation):
+    name = "jupyter-nixkernel-install"
+    description = """Write kernel.json files for the named kernels (or --all), so tools that read
+    kernelspecs from disk instead of asking the Jupyter server (VS Code, nbconvert, papermill,
+    nbclient) can start them. They run nixkernel's launcher with this Python."""
+    examples = """
+jupyter nixkernel install --all
+jupyter nixkernel install nix-api-flake-0123456789 --sys-prefix
+jupyter nixkernel install --all --prefix /opt/jupyter
+
+"""
+
+    def start(self) -> None:
+        assert self.manager is not None
+        self.check_selection()
+        targets = (
+            self.all_targets(learn_shells=True) if self.every else self.resolve_names(self.names)
+        )
+        destination_dir = self.kernels_dir()
+        refused = []
+        for target in targets:
+            destination = os.path.join(destination_dir, target.name)
+            if os.path.exists(destination) and not installed_by_us(destination):
+                refused.append(destination)
+                continue
+            self.install(target, destination_dir)
+            print(f"Installed {target.name} ({target.display_name}) in {destination}")
+        if destination_dir not in KernelSpecManager(parent=self).kernel_dirs:
+            share = os.path.dirname(destination_dir)
+            print(
+                f"Note: Jupyter does not look in {destination_dir} by default; tools find these "
+                f"kernels with JUPYTER_PATH={share} in their environment."
+            )
+        if refused:
+            self.fail(
+                "left alone (not installed by nixkernel; `jupyter kernelspec remove` removes "
+                "them): " + ", ".join(refused)
+            )
+
+    def install(self, target: KernelTarget, destination_dir: str) -> str:
+        assert self.manager is not None
+        spec = self.manager.kernel_spec_for(target).to_dict()
+        spec["metadata"]["nixkernel"]["installed_by"] = INSTALLED_BY
+        with tempfile.TemporaryDirectory(prefix="nixkernel-spec-") as tmp:
+            source_dir = os.path.join(tmp, target.name)
+            shutil.copytree(RESOURCES, source_dir)
+            with open(os.path.join(source_dir, "kernel.json"), "w", encoding="utf-8") as f:
+                json.dump(spec, f, indent=2)
+            # KernelSpecManager's own installer: validates the name, replaces an old copy.
+            # Its log would repeat each path (at INFO) and warn about --prefix: start() says it.
+            quiet = logging.getLogger("nixkernel.install")
+            quiet.setLevel(logging.ERROR)
+            ksm = KernelSpecManager(parent=self, log=quiet)
+            prefix = self.install_prefix()
+            return ksm.install_kernel_spec(
+                source_dir, target.name, user=prefix is None, prefix=prefix
+            )
+
+
+class UninstallApp(KernelLocation):
+    name = "jupyter-nixkernel-uninstall"
+    description = """Remove kernel.json files that `jupyter nixkernel install` wrote (the named
+    ones, or --all of them). Kernelspecs installed otherwise are never touched."""
+    examples = """
+jupyter nixkernel uninstall --all
+jupyter nixkernel uninstall nix-api-flake-0123456789 --sys-prefix
+
+"""
+
+    def start(self) -> None:
+        self.check_selection()
+        kernels = self.kernels_dir()
+        if self.every:
+            try:
+                names = sorted(os.listdir(kernels))
+            except OSError:
+                names = []
+            names = [n for n in names if installed_by_us(os.path.join(kernels, n))]
+        else:
+            names = self.names
+        problems = []
+        for name in names:
+            spec_dir = os.path.join(kernels, name)
+            if not os.path.isdir(spec_dir):
+                problems.append(f"{name} is not installed in {kernels}")
+            elif not installed_by_us(spec_dir):
+                problems.append(
+                    f"{spec_dir} was not installed by nixkernel: use `jupyter kernelspec remove`"
+                )
+            else:
+                shutil.rmtree(spec_dir)
+                print(f"Removed {spec_dir}")
+        if not names:
+            print(f"No kernels installed by nixkernel in {kernels}.")
+        if problems:
+            self.fail("\n".join(problems))
+
+
+# -- clean -----------------------------------------------------------------------------------
+
+
+class CleanApp(NixKernelSubcommand):
+    name = "jupyter-nixkernel-clean"
+    description = """Drop cached environments and their GC roots (the next `nix-collect-garbage`
+    may then free their store paths): of the named kernels, --all of them, or --missing: those
+    whose project directory no longer exists."""
+    examples = """
+jupyter nixkernel clean --missing
+jupyter nixkernel clean nix-api-flake-0123456789
+jupyter nixkernel clean --all
+
+"""
+    takes_dirs = False
+
+    clean_all = Bool(False, help="Every cached environment.").tag(config=True)
+    missing = Bool(False, help="Environments of projects that no longer exist.").tag(config=True)
+    flags = {
+        **NixKernelSubcommand.flags,
+        "all": ({"CleanApp": {"clean_all": True}}, "Drop every cached environment."),
+        "missing": (
+            {"CleanApp": {"missing": True}},
+            "Drop the environments of projects whose directory no longer exists.",
+        ),
+    }
+
+    def start(self) -> None:
+        assert self.manager is not None
+        if sum([self.clean_all, self.missing, bool(self.names)]) != 1:
+            self.fail("name the kernels to clean, or pass --all or --missing.")
+        cache = self.manager.cache
+        if self.names:
+            slots: list[tuple[str, str]] = []
+            for target in self.resolve_names(self.names):
+                source = self.source_of(target)
+                if source is None:
+                    print(f"{target.name} has no Nix environment: nothing cached.")
+                    continue
+                slot = cache.slot(source)
+                if os.path.isdir(slot):
+                    slots.append((slot, source.describe()))
+                else:
+                    print(f"{target.name}: nothing cached.")
+        else:
+            slots = [
+                (slot, describe_slot(slot))
+                for slot in cache.slots()
+                if self.clean_all or slot_project_missing(slot)
+            ]
+        for slot, what in slots:
+            cache.clean(slot)
+            print(f"Removed {slot} ({what})")
+        if self.clean_all:
+            shutil.rmtree(os.path.join(cache.root, "flake-shells"), ignore_errors=True)
+        if not slots:
+            print(f"Nothing to clean in {cache.root}.")
+
+
+def slot_source(slot: str) -> dict | None:
+    """``key.source`` of a slot's entry.json (read loosely: an old schema still names it)."""
+    try:
+        with open(os.path.join(slot, "entry.json"), encoding="utf-8") as f:
+            source = json.load(f)["key"]["source"]
+        return source if isinstance(source, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def slot_project_missing(slot: str) -> bool:
+    """Whether the project a slot was made for is gone (False when it cannot tell)."""
+    raw = slot_source(slot)
+    if raw is None:
+        return False
+    source = NixSource(str(raw.get("kind")), str(raw.get("location")), raw.get("attr"))
+    directory = source.local_dir
+    return directory is not None and not os.path.isdir(directory)
+
+
+def describe_slot(slot: str) -> str:
+    raw = slot_source(slot)
+    if raw is None:
+        return "no readable entry"
+    return NixSource(str(raw.get("kind")), str(raw.get("location")), raw.get("attr")).describe()
+
+
+# -- doctor ------------------------------------------------------------------------------------
+
+
+class DoctorApp(NixKernelSubcommand):
+    name = "jupyter-nixkernel-doctor"
+    description = """Check this machine and each project under DIR... (default: the configured
+    project_dirs, else the current directory) for what keeps kernels from starting: Nix and
+    its features, <nixpkgs>, nix-ld on NixOS, flake files git does not track, virtualenvs made
+    with a downloaded Python, ipykernel in each evaluated environment. Each problem comes with
+    its fix. Exit status 1 if any check FAILs."""
+    examples = """
+jupyter nixkernel doctor
+jupyter nixkernel doctor ~/projects/api --json
+
+"""
+
+    json_output = Bool(False, help="Print JSON.").tag(config=True)
+    flags = {
+        **NixKernelSubcommand.flags,
+        "json": ({"DoctorApp": {"json_output": True}}, "Print machine-readable JSON."),
+    }
+
+    def start(self) -> None:
+        assert self.manager is not None
+        checks = doctor.run_checks(self.manager)
+        if self.json_output:
+            json.dump([c.as_dict() for c in checks], sys.stdout, indent=2)
+            print()
+        else:
+            print(doctor.format_report(checks))
+        if doctor.failed(checks):
+            self.exit(1)
+
+
+# -- enable / disable / status -----------------------------------------------------------------
+
+_scope_flags = {
+    "user": (
+        {"ServerSwitch": {"sys_prefix": False}},
+        "This user's jupyter_server_config.json (jupyter --config-dir; the default).",
+    ),
+    "sys-prefix": (
+        {"ServerSwitch": {"sys_prefix": True}},
+        "This Python environment's sys.prefix/etc/jupyter/jupyter_server_config.json.",
+    ),
+}
+
+
+class _ServerConfigProbe(JupyterApp):
+    """Loads the configuration files the Jupyter server reads, and nothing else."""
+
+    config_file_name = Unicode("jupyter_server_config")
+
+
+class ServerSwitch(NixKernelSubcommand):
+    """Shared by enable, disable and status."""
+
+    sys_prefix = Bool(False, help="Use sys.prefix/etc/jupyter instead of the user's.").tag(
+        config=True
+    )
+    flags = {**NixKernelSubcommand.flags, **_scope_flags}
+
+    def server_status(self) -> serverconfig.Status:
+        try:
+            nix.find_nix(self.nix_option)
+            nix_found = True
+        except nix.NixNotFoundError:
+            nix_found = False
+        # Read the files afresh (not self.config, loaded at start-up): a switch this process just
+        # flipped must be seen, and command-line options are not the server's configuration.
+        probe = _ServerConfigProbe()
+        probe.load_config_file()
+        return serverconfig.server_status(probe.config, probe.config_file_paths, nix_found)
+
+    def switch(self, enabled: bool) -> None:
+        try:
+            path = serverconfig.set_enabled(enabled, sys_prefix=self.sys_prefix)
+        except (serverconfig.ConfigFileError, OSError) as exc:
+            self.fail(str(exc))
+            return
+        word = "enabled" if enabled else "disabled"
+        print(f"nixkernel server extension {word} in {path}")
+        status = self.server_status()
+        if status.enabled != enabled:
+            seen = "enabled" if status.enabled else "disabled"
+            print(
+                f"Warning: the server will still see it {seen}, because of "
+                f"{status.decided_by}, which takes precedence. Change it there.",
+                file=sys.stderr,
+            )
+            self.exit(1)
+
+
+class EnableApp(ServerSwitch):
+    name = "jupyter-nixkernel-enable"
+    description = """Turn nixkernel's server extension on (it selects NixKernelSpecManager when
+    the server starts), in the user's jupyter_server_config.json (--user, the default) or this
+    environment's (--sys-prefix). Other settings of that file are kept."""
+    examples = """
+jupyter nixkernel enable
+jupyter nixkernel enable --sys-prefix
+
+"""
+
+    def start(self) -> None:
+        self.switch(True)
+
+
+class DisableApp(ServerSwitch):
+    name = "jupyter-nixkernel-disable"
+    description = """Turn nixkernel's server extension off for this user (--user, the default)
+    or this environment (--sys-prefix): the server keeps its ordinary kernelspecs. Writes
+    ServerApp.jpserver_extensions.nixkernel = false into jupyter_server_config.json, keeping the
+    file's other settings; this beats the package's jupyter_server_config.d/nixkernel.json."""
+    examples = """
+jupyter nixkernel disable
+jupyter nixkernel disable --sys-prefix
+
+"""
+
+    def start(self) -> None:
+        self.switch(False)
+
+
+class StatusApp(ServerSwitch):
+    name = "jupyter-nixkernel-status"
+    description = """Say whether the Jupyter server will offer nixkernel's kernels: whether the
+    server extension is enabled (and which file decides it), which KernelSpecManager class the
+    configuration selects, and what conflicts with it (another manager class, a kernel gateway,
+    no Nix). Exit status 1 if nixkernel will not be active."""
+    examples = """
+jupyter nixkernel status
+jupyter nixkernel status --json
+
+"""
+
+    json_output = Bool(False, help="Print JSON.").tag(config=True)
+    flags = {
+        **ServerSwitch.flags,
+        "json": ({"StatusApp": {"json_output": True}}, "Print machine-readable JSON."),
+    }
+
+    def start(self) -> None:
+        status = self.server_status()
+        if self.json_output:
+            json.dump(status.as_dict(), sys.stdout, indent=2)
+            print()
+        else:
+            print(f"Server extension:   {'enabled' if status.enabled else 'disabled'}")
+            print(f"  decided by        {status.decided_by}")
+            print(f"KernelSpecManager:  {status.manager_class}")
+            print(f"nixkernel active:   {'yes' if status.active else 'no'}")
+            for conflict in status.conflicts:
+                print(f"Conflict: {conflict}")
+        if not status.active:
+            self.exit(1)
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
 class NixKernelApp(JupyterApp):
     name = "jupyter-nixkernel"
     version = __version__
     description = """Jupyter kernels for every Nix dev shell, shell.nix and uv virtualenv in
     your projects. Configure with c.NixKernelSpecManager.* in jupyter_server_config.py."""
+    examples = """
+jupyter nixkernel list
+jupyter nixkernel warm --all
+jupyter nixkernel doctor
+jupyter nixkernel install --all
+
+"""
     subcommands = {
-        "list": (ListApp, ListApp.description.splitlines()[0]),
+        "list": (ListApp, "List the kernels nixkernel offers (--all: and the ordinary ones)."),
+        "show": (ShowApp, "Show a kernel's spec, inputs, cache state and environment."),
+        "warm": (WarmApp, "Evaluate and cache environments ahead of time."),
+        "install": (InstallApp, "Write kernel.json files for VS Code, nbconvert, papermill."),
+        "uninstall": (UninstallApp, "Remove kernel.json files nixkernel installed."),
+        "clean": (CleanApp, "Drop cached environments and their GC roots."),
+        "doctor": (DoctorApp, "Check the machine and the projects; say how to fix problems."),
+        "enable": (EnableApp, "Turn the server extension on (user or sys-prefix)."),
+        "disable": (DisableApp, "Turn the server extension off (user or sys-prefix)."),
+        "status": (StatusApp, "Say whether the server will use nixkernel, and what conflicts."),
     }
     aliases: dict = {}
     flags: dict = {}
@@ -132,3 +914,7 @@ class NixKernelApp(JupyterApp):
 
 def main() -> None:
     NixKernelApp.launch_instance()
+
+
+if __name__ == "__main__":
+    main()

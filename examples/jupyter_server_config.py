@@ -1,0 +1,80 @@
+"""Example jupyter_server_config.py for nixkernel: every NixKernelSpecManager setting.
+
+Copy the lines you need into ~/.jupyter/jupyter_server_config.py (`jupyter --config-dir` shows
+where that is) and remove the leading `# `. The Jupyter server and `jupyter nixkernel` both read
+this file. Generated from the settings' help by `python -m nixkernel.serverconfig`.
+"""
+
+c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
+
+# Installing nixkernel enables its server extension, which selects NixKernelSpecManager unless
+# you chose another manager. To select it explicitly (e.g. with the extension disabled):
+# c.ServerApp.kernel_spec_manager_class = "nixkernel.kernelspec.NixKernelSpecManager"
+
+## Directories searched for projects (flake.nix, shell.nix, .venv). Default: the Jupyter server's
+## root directory (outside the server: the current directory).
+## Type: List. Default: computed, see above.
+# c.NixKernelSpecManager.project_dirs = ["~/projects", "~/work"]
+
+## How many directory levels below each of project_dirs are searched for projects.
+## Type: Int. Default: 3.
+# c.NixKernelSpecManager.max_depth = 3
+
+## Where evaluated environments are cached (and GC-rooted). Default: $NIXKERNEL_CACHE_DIR, else the
+## user's cache directory (~/.cache/nixkernel).
+## Type: Unicode. Default: computed, see above.
+# c.NixKernelSpecManager.cache_dir = "~/.cache/nixkernel"
+
+## The nix command to use. Default: `nix` on the server's PATH, else
+## /nix/var/nix/profiles/default/bin/nix or ~/.nix-profile/bin/nix.
+## Type: Unicode. Default: ''.
+# c.NixKernelSpecManager.nix_executable = "/nix/var/nix/profiles/default/bin/nix"
+
+## How kernels enter their environment. 'cached': from nixkernel's cache of `nix print-dev-env`
+## (fast; re-evaluates when a Nix file changes). 'direct': through `nix develop -c` / `nix-shell
+## --run` at every start (exact Nix semantics, slower).
+## Type: Enum. Default: 'cached'.
+# c.NixKernelSpecManager.launch_mode = "cached"
+
+## When re-evaluating a changed Nix file fails, start the kernel in the last good environment (with
+## a warning in the kernel's log) instead of the error kernel.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.stale_fallback = True
+
+## Offer virtualenvs (.venv with pyvenv.cfg): alone as their own kernels, and inside a Nix project
+## as the Python that runs in the project's shell.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.include_venvs = True
+
+## A Nix environment applied to kernels of projects that have a .venv but no Nix file, to provide
+## the libraries wheels need on NixOS (libstdc++, zlib...). A flake reference with an attribute
+## (`/etc/nixos#devShells.x86_64-linux.pylibs`, or `/etc/nixos#pylibs` for a devShell), a flake
+## directory, or a .nix file.
+## Type: Unicode. Default: ''.
+# c.NixKernelSpecManager.venv_library_shell = "/etc/nixos#pylibs"
+
+## Also offer the ordinary kernelspecs (python3 and those installed with `jupyter kernelspec
+## install`), so notebooks that name them still open.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.keep_native_kernels = True
+
+## Offer 'Python (this project)', a kernel that starts in the environment of the project enclosing
+## the notebook's folder, so one kernel name works in every project.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.project_kernel = True
+
+## Learn each flake's devShell names (`nix eval`, in the background, cached) so every devShell gets
+## a kernel; until then a flake offers its default shell.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.discover_flake_shells = True
+
+## Seconds between background re-scans of project_dirs: a project added or removed shows up in the
+## next listing after that, without restarting the server.
+## Type: Float. Default: 30.0.
+# c.NixKernelSpecManager.refresh_interval = 30.0
+
+## When the server starts, evaluate the environments whose cache is stale or missing, two at a time
+## on a background thread (never on the event loop), so the first kernel start of the day does not
+## wait for Nix. What it did goes to the server's log.
+## Type: Bool. Default: False.
+# c.NixKernelSpecManager.warm_on_start = True
