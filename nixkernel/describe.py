@@ -15,6 +15,7 @@ import hashlib
 import os
 import platform
 import re
+import struct
 import unicodedata
 from dataclasses import dataclass
 
@@ -182,7 +183,7 @@ def venv_problem(venv: str) -> str | None:
     """Why the virtualenv's interpreter cannot run, or None if it looks usable."""
     python = venv_python(venv)
     if os.path.exists(python):
-        return None
+        return _loader_problem(python)
     if os.path.islink(python):
         target = os.readlink(python)
         return (
@@ -191,6 +192,51 @@ def venv_problem(venv: str) -> str | None:
             f"`python3 -m venv --clear {venv}`, then reinstall its packages (`uv sync`)."
         )
     return f"{venv} has no bin/python. Recreate the virtualenv (`uv venv` or `python3 -m venv`)."
+
+
+def elf_interpreter(path: str) -> str | None:
+    """The program loader (``PT_INTERP``) an ELF executable asks for, or None (not ELF, static,
+    unreadable). Reads a few hundred bytes: cheap enough for every listing."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return None
+            wide, order = head[4] == 2, "<" if head[5] == 1 else ">"
+            phoff = struct.unpack_from(order + ("Q" if wide else "I"), head, 32 if wide else 28)[0]
+            entsize, count = struct.unpack_from(order + "HH", head, 54 if wide else 42)
+            for i in range(min(count, 64)):
+                f.seek(phoff + i * entsize)
+                header = f.read(entsize)
+                if len(header) < (56 if wide else 32):
+                    return None
+                if struct.unpack_from(order + "I", header, 0)[0] != 3:  # PT_INTERP
+                    continue
+                fmt, at = (order + "QQQQ", 8) if wide else (order + "IIII", 4)
+                offset, _vaddr, _paddr, size = struct.unpack_from(fmt, header, at)
+                f.seek(offset)
+                return f.read(min(size, 4096)).split(b"\0", 1)[0].decode(errors="replace")
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _loader_problem(python: str) -> str | None:
+    """Why an existing interpreter cannot start: the loader it needs is not on this system.
+
+    That is a downloaded Python (uv's python-build-standalone builds) on NixOS without nix-ld:
+    execve fails with "No such file or directory" although the file is there."""
+    loader = elf_interpreter(os.path.realpath(python))
+    if not loader or os.path.exists(loader):
+        return None
+    return (
+        f"{python} cannot run here: it needs the program loader {loader}, which this system "
+        "does not have. It is probably a Python downloaded for other Linux systems (uv's "
+        "managed Pythons). On NixOS, make the venv on a Nix Python instead (in the project's "
+        "shell: `UV_PYTHON_DOWNLOADS=never` and `UV_PYTHON` set to the Nix python, then "
+        "`uv venv --allow-existing && uv sync`), or enable nix-ld "
+        "(`programs.nix-ld.enable = true;`), which provides that loader."
+    )
 
 
 def describe(

@@ -28,6 +28,7 @@ from .describe import (
     KernelTarget,
     NixSource,
     describe,
+    venv_flavor,
     venv_problem,
     venv_python,
 )
@@ -109,10 +110,24 @@ def target_source(target: KernelTarget, library_shell: str | None) -> NixSource 
 
 
 def ipykernel_hint(target: KernelTarget) -> str:
+    """How to add ipykernel, in the words of the tool that made the environment."""
     if target.venv:
+        python = venv_python(target.venv)
+        flavor = venv_flavor(target.venv)
+        if flavor == "poetry":
+            return (
+                f"install it in the virtualenv: `poetry add --group dev ipykernel` in "
+                f"{target.project}"
+            )
+        if flavor == "uv":
+            # uv venvs have no pip; without a pyproject.toml `uv add` has nothing to add to.
+            return (
+                f"install it in the virtualenv: `uv add --dev ipykernel` in {target.project} "
+                f"(a venv without a pyproject.toml: `uv pip install --python {python} ipykernel`)"
+            )
         return (
-            f"install it in the virtualenv: `uv add --dev ipykernel` in {target.project} "
-            f"(or `{venv_python(target.venv)} -m pip install ipykernel`)"
+            f"install it in the virtualenv: `{python} -m pip install ipykernel` "
+            f"(in a uv project: `uv add --dev ipykernel` in {target.project})"
         )
     return (
         "add ipykernel to the shell's Python, e.g. "
@@ -227,7 +242,19 @@ def main(argv: list[str] | None = None) -> None:
     launch = plan(args, os.environ)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(launch.executable, launch.argv, launch.env)
+    try:
+        os.execve(launch.executable, launch.argv, launch.env)
+    except OSError as exc:
+        # E.g. an interpreter whose program loader is missing (a downloaded Python on NixOS):
+        # explain it in the notebook rather than die and be restarted by the server.
+        message = (
+            f"Project: {args.project or os.getcwd()}\n\nCannot run {launch.executable}: {exc}. "
+            "If it is a virtualenv's Python, recreate the venv on a Python that runs here "
+            "(on NixOS: a Nix Python, or enable nix-ld)."
+        )
+        log(message)
+        launch = fallback(message, args.connection_file)
+        os.execve(launch.executable, launch.argv, launch.env)
 
 
 if __name__ == "__main__":

@@ -406,6 +406,49 @@ def test_dangling_venv_in_a_flake_project_blocks_its_kernel_with_the_reason(
     assert target.problem and "does not exist" in target.problem
 
 
+def test_venv_python_without_its_program_loader_is_listed_with_the_nixos_fix(
+    nix, projects, manager_factory
+):
+    """A venv on a downloaded Python (its ELF program loader, /lib64/ld-linux..., is missing, as
+    on NixOS without nix-ld): listed with the reason and the fix, started as the fallback."""
+    gcc = require("gcc")
+    project = projects / "standalone"
+    project.mkdir()
+    venv = uv_venv(project)
+    main_c = project / "main.c"
+    main_c.write_text("int main(void) { return 0; }\n")
+    foreign = project / "python3.12"
+    loader = "/lib64/nixkernel-test-missing-ld-linux-x86-64.so.2"
+    subprocess.run(
+        [gcc, f"-Wl,--dynamic-linker={loader}", str(main_c), "-o", str(foreign)], check=True
+    )
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(foreign)
+
+    manager = manager_factory(project_dirs=[str(projects)])
+    target = target_of(manager, "venv", project)
+    assert target.problem and loader in target.problem and "nix-ld" in target.problem
+    run = run_in_kernel(manager, target.name, "1 + 1", cwd=project)
+    assert run.implementation == "nixkernel-fallback"
+    assert loader in run.error_text
+
+
+def test_venv_python_that_cannot_be_executed_starts_the_fallback(nix, projects, manager_factory):
+    """Whatever makes exec of the venv's Python fail (here: not executable), the launcher shows
+    it in the fallback kernel instead of dying and being restarted by the server."""
+    project = projects / "noexec"
+    project.mkdir()
+    venv = uv_venv(project)
+    python = venv / "bin" / "python"
+    python.unlink()
+    python.write_text("#!/bin/sh\n")  # exists, but without the executable bit
+    manager = manager_factory(project_dirs=[str(projects)])
+    target = target_of(manager, "venv", project)
+    run = run_in_kernel(manager, target.name, "1 + 1", cwd=project)
+    assert run.implementation == "nixkernel-fallback"
+    assert f"Cannot run {python}" in run.error_text and "Permission denied" in run.error_text
+
+
 # -- display names -------------------------------------------------------------------------------
 
 
