@@ -255,6 +255,23 @@ def test_library_shell_makes_a_venv_only_project_work(
         assert info["env"]["VIRTUAL_ENV"] == str(venv)
 
 
+def test_library_shell_from_a_nix_file_and_for_the_project_following_kernel(
+    nix, nkdemo, template_venv, projects, tmp_path, manager_factory
+):
+    """The library shell can be a plain Nix file, and it applies to the project-following kernel
+    ("Python (this project)") when that kernel lands in a venv-only project."""
+    libfile = write_shell_nix(tmp_path / "libfile", LIB_ATTRS, let=LIB_LET) / "shell.nix"
+    project = projects / "solo"
+    project.mkdir()
+    copy_venv(template_venv, project)
+    manager = manager_factory(project_dirs=[str(projects)], venv_library_shell=str(libfile))
+    notebooks = project / "notebooks"
+    notebooks.mkdir()
+    for name in (target_of(manager, "venv", project).name, "nix-this-project"):
+        run = run_in_kernel(manager, name, IMPORT_NKEXT, cwd=notebooks)
+        assert "answer 42" in run.stdout, (name, run.error_text)
+
+
 def test_venv_in_shell_nix_project(nix, nkdemo, template_venv, projects, manager_factory):
     """A venv inside a shell.nix project: the venv's Python runs with the shell's variables,
     its shellHook and its library path."""
