@@ -634,8 +634,8 @@ jupyter nixkernel uninstall nix-api-flake-0123456789 --sys-prefix
 class CleanApp(NixKernelSubcommand):
     name = "jupyter-nixkernel-clean"
     description = """Drop cached environments and their GC roots (the next `nix-collect-garbage`
-    may then free their store paths): of the named kernels, --all of them, or --missing: those
-    whose project directory no longer exists."""
+    may then free their store paths): of the named kernels, --all of them (and the learnt
+    flake devShell names), or --missing: those whose project directory no longer exists."""
     examples = """
 jupyter nixkernel clean --missing
 jupyter nixkernel clean nix-api-flake-0123456789

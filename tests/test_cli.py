@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import run_in_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 from nixprojects import DEFAULT_SHELL, PYTHON, Raw, write_flake, write_shell_nix
 from traitlets.config import Config
@@ -97,10 +96,21 @@ def test_every_subcommand_has_help(ws):
     assert top.returncode == 0
     for sub in SUBCOMMANDS:
         assert re.search(rf"^{sub}\n", top.stdout, re.MULTILINE), f"{sub} missing in --help"
-    for sub in SUBCOMMANDS:
-        result = cli(ws, sub, "--help")
-        assert result.returncode == 0, (sub, result.stderr)
-        assert "Options" in result.stdout and "Examples" in result.stdout, sub
+    # All at once: each is a Python start-up, and they are independent.
+    procs = {
+        sub: subprocess.Popen(
+            [sys.executable, "-m", "nixkernel.cli", sub, "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ws.env,
+        )
+        for sub in SUBCOMMANDS
+    }
+    for sub, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (sub, err)
+        assert "Options" in out and "Examples" in out and f"jupyter nixkernel {sub}" in out, sub
 
 
 def test_list_all_adds_native_kernelspecs_and_keeps_own_keys(ws, warmed):
@@ -199,7 +209,7 @@ def test_show_unknown_name_says_how_to_find_names(ws):
 # -- install / uninstall -------------------------------------------------------------------------
 
 
-def test_installed_kernel_runs_with_plain_jupyter_client(ws, warmed, tmp_path):
+def test_installed_kernel_runs_with_plain_jupyter_client(ws, warmed, tmp_path, kernel_runner):
     """A kernel.json written by `install` starts the dev-shell kernel through an ordinary
     KernelSpecManager, as VS Code, nbconvert and papermill use."""
     prefix = tmp_path / "prefix"
@@ -217,7 +227,7 @@ def test_installed_kernel_runs_with_plain_jupyter_client(ws, warmed, tmp_path):
 
     plain = KernelSpecManager(kernel_dirs=[str(kernels)])
     assert name in plain.find_kernel_specs()
-    run = run_in_kernel(plain, name, "import os; print(os.environ['GREETING'])", cwd=ws.good)
+    run = kernel_runner(plain, name, "import os; print(os.environ['GREETING'])", cwd=ws.good)
     assert not run.errors, run.error_text
     assert run.stdout.strip() == "hello from the dev shell"
 
