@@ -232,10 +232,10 @@ def _loader_problem(python: str) -> str | None:
     return (
         f"{python} cannot run here: it needs the program loader {loader}, which this system "
         "does not have. It is probably a Python downloaded for other Linux systems (uv's "
-        "managed Pythons). On NixOS, make the venv on a Nix Python instead (in the project's "
-        "shell: `UV_PYTHON_DOWNLOADS=never` and `UV_PYTHON` set to the Nix python, then "
-        "`uv venv --allow-existing && uv sync`), or enable nix-ld "
-        "(`programs.nix-ld.enable = true;`), which provides that loader."
+        "managed Pythons). On NixOS, make the venv on a Nix Python instead (in a shell that "
+        "provides one: `UV_PYTHON_DOWNLOADS=never uv venv --clear --python $(which python3)`, "
+        "then `uv sync`), or enable nix-ld (`programs.nix-ld.enable = true;`), which provides "
+        "that loader."
     )
 
 
