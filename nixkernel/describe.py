@@ -255,47 +255,28 @@ def describe(
     venv = project.venv if include_venvs else None
     problem = venv_problem(venv) if venv else None
     suffix = f" + {venv_label(venv)}" if venv else ""
+
+    def target(kind: str, label: str, shell: str | None = None) -> KernelTarget:
+        return KernelTarget(
+            name=kernel_name(project.path, kind, shell),
+            display_name=f"{project.name} ({label})",
+            kind=kind,
+            project=project.path,
+            shell=shell,
+            venv=venv,
+            problem=problem,
+        )
+
     targets: list[KernelTarget] = []
     if project.flake:
-        shells = flake_shells or ["default"]
-        for shell in sorted(shells, key=lambda s: (s != "default", s)):
+        for shell in sorted(flake_shells or ["default"], key=lambda s: (s != "default", s)):
             label = "flake" if shell == "default" else f"flake: {shell}"
-            targets.append(
-                KernelTarget(
-                    name=kernel_name(project.path, KIND_FLAKE, shell),
-                    display_name=f"{project.name} ({label}{suffix})",
-                    kind=KIND_FLAKE,
-                    project=project.path,
-                    shell=shell,
-                    venv=venv,
-                    problem=problem,
-                )
-            )
+            targets.append(target(KIND_FLAKE, label + suffix, shell))
     if project.shell_nix:
-        targets.append(
-            KernelTarget(
-                name=kernel_name(project.path, KIND_SHELL_NIX),
-                display_name=f"{project.name} (shell.nix{suffix})",
-                kind=KIND_SHELL_NIX,
-                project=project.path,
-                venv=venv,
-                problem=problem,
-            )
-        )
+        targets.append(target(KIND_SHELL_NIX, "shell.nix" + suffix))
     if venv and not project.has_nix:
-        label = venv_label(venv)
-        if library_shell:
-            label += " + library shell"
-        targets.append(
-            KernelTarget(
-                name=kernel_name(project.path, KIND_VENV),
-                display_name=f"{project.name} ({label})",
-                kind=KIND_VENV,
-                project=project.path,
-                venv=venv,
-                problem=problem,
-            )
-        )
+        label = venv_label(venv) + (" + library shell" if library_shell else "")
+        targets.append(target(KIND_VENV, label))
     return targets
 
 
