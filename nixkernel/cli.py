@@ -100,7 +100,7 @@ class NixKernelSubcommand(JupyterApp):
         assert self.manager is not None
         source = self.source_of(target)
         if source is None:
-            return "-"
+            return NONE  # nothing to evaluate (a plain venv): no cached environment
         state, _ = self.manager.cache.inspect(source, self.nix_option)
         return state
 
@@ -215,7 +215,7 @@ def native_rows(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "shell": None,
                 "project": None,
                 "venv": None,
-                "cache": "-",
+                "cache": NONE,
                 "resource_dir": spec["resource_dir"],
             }
         )

@@ -208,3 +208,41 @@ def test_direct_mode_with_nix_shell(nix, projects, manager_factory, kernel_runne
     info = probe(kernel_runner(manager, kernel_named(manager, "shell.nix"), PROBE, project))
     assert info["GREETING"] == "hello from the dev shell"
     assert info["python3"].startswith("/nix/store/")
+
+
+def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
+    """The launcher execs (through bash when there is a shellHook), so the server's SIGINT and
+    restart act on the kernel itself."""
+    from jupyter_client import KernelManager
+
+    project = write_flake(projects / "interruptible")  # DEFAULT_SHELL has a shellHook
+    manager = manager_factory(project_dirs=[str(projects)])
+    km = KernelManager(kernel_spec_manager=manager, kernel_name=kernel_named(manager, "flake"))
+    km.start_kernel(cwd=str(project))
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=120)
+        msg_id = kc.execute("import time\nfor _ in range(600): time.sleep(0.1)")
+        # Interrupt once the cell is running (its busy status), not after a guessed delay.
+        while True:
+            msg = kc.get_iopub_msg(timeout=30)
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["content"].get("execution_state") == "busy"
+            ):
+                break
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+        old_pid = km.provisioner.process.pid
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=120)
+        assert km.provisioner.process.pid != old_pid
+        reply = kc.execute_interactive("import os; os.environ['GREETING']", timeout=60)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
