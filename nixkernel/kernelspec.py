@@ -8,6 +8,7 @@ Nix. The ordinary kernelspecs (``python3``...) stay available unless turned off.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -313,7 +314,23 @@ class NixKernelSpecManager(KernelSpecManager):
         raise NoSuchKernel(kernel_name)
 
     def get_all_specs(self) -> dict[str, dict[str, Any]]:
-        """Every kernelspec, from memory (nixkernel's are built once per scan)."""
+        """Every kernelspec, from memory (nixkernel's are built once per scan).
+
+        Under a server, before the first scan has finished, this returns an awaitable of the
+        listing instead (the server awaits it through ``ensure_async``), so that even the very
+        first request waits on a worker thread, never on the event loop.
+        """
+        if not self._scanned.is_set() and self._thread_allowed():
+            self.start_background_refresh()
+            return self._all_specs_after_first_scan()  # type: ignore[return-value]
+        self._wait_for_scan()
+        return self._all_specs()
+
+    async def _all_specs_after_first_scan(self) -> dict[str, dict[str, Any]]:
+        await asyncio.to_thread(self._scanned.wait)
+        return self._all_specs()
+
+    def _all_specs(self) -> dict[str, dict[str, Any]]:
         specs: dict[str, dict[str, Any]] = {}
         if self.keep_native_kernels:
             for name, resource_dir in super().find_kernel_specs().items():
@@ -323,7 +340,6 @@ class NixKernelSpecManager(KernelSpecManager):
                     self.log.warning("Error loading kernelspec %r", name, exc_info=True)
                     continue
                 specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
-        self._own_targets()
         specs.update(self._listing)
         return specs
 

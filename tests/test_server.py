@@ -533,3 +533,31 @@ def test_warming_evaluates_only_stale_or_missing_environments(
     assert again == {f"{beta}/shell.nix": "evaluated"}
     assert counting_nix.evaluations() == 3
     assert str(alpha) not in " ".join(again)
+
+
+async def test_first_listing_waits_off_the_event_loop(
+    jp_serverapp, jp_fetch, root_projects, tmp_path
+):
+    """A listing requested before the first scan has finished waits on a worker thread: the
+    server keeps answering other requests meanwhile, and the listing then has the projects."""
+    import threading
+
+    release = threading.Event()
+    slow = NixKernelSpecManager(
+        parent=jp_serverapp, project_dirs=[str(root_projects.root)], cache_dir=str(tmp_path / "c")
+    )
+    real_scan = slow.scan
+    slow.scan = lambda: (release.wait(60), real_scan())[1]  # type: ignore[method-assign]
+    jp_serverapp.web_app.settings["kernel_spec_manager"] = slow
+    try:
+        listing = asyncio.ensure_future(jp_fetch("api", "kernelspecs", request_timeout=60))
+        status = await asyncio.wait_for(jp_fetch("api", "status"), timeout=10)
+        assert status.code == 200
+        assert not listing.done()
+        release.set()
+        response = await asyncio.wait_for(listing, timeout=60)
+        names = json.loads(response.body)["kernelspecs"]
+        assert spec_of({"kernelspecs": names}, root_projects.alpha, "flake")
+    finally:
+        release.set()
+        slow.stop_background_refresh()
