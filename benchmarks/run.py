@@ -1,0 +1,505 @@
+"""Benchmarks: kernel start-up against the alternatives, and discovery at scale.
+
+    python benchmarks/run.py [--quick]
+
+Prints a table and writes docs/benchmarks.md. Runs real Nix offline (its own NIX_CONFIG, like
+the test suite) on projects built from tests/fixtures/mini.nix, and real Jupyter.
+
+Start-up: time from launching the kernel command to the first ``kernel_info`` reply
+(``wait_for_ready``), median of several runs, the variants interleaved (round-robin in every
+repetition, so machine noise hits all alike). The "heavy" shell forces a Nix computation of about
+a second: a stand-in for evaluating nixpkgs, which these offline machines do not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix  # noqa: E402
+
+from nixkernel.kernelspec import NixKernelSpecManager  # noqa: E402
+
+HEAVY_TARGET_SECONDS = 1.0
+
+
+# -- environment -----------------------------------------------------------------------------
+
+
+def offline_nix_config(work: Path) -> str:
+    registry = work / "empty-registry.json"
+    registry.write_text('{"flakes": [], "version": 2}')
+    return (
+        "experimental-features = nix-command flakes\nsandbox = false\nsubstituters =\n"
+        f"flake-registry = {registry}\nwarn-dirty = false\n"
+    )
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nix = subprocess.run(["nix", "--version"], capture_output=True, text=True).stdout.strip()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "CPU": cpu,
+        "cores": str(os.cpu_count()),
+        "Nix": nix,
+        "Python": platform.python_version(),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load average at start": load,
+    }
+
+
+# -- kernel start-up -------------------------------------------------------------------------
+
+
+def time_kernel(argv: list[str], conn: Path, cwd: Path, timeout: float = 300) -> float:
+    """Seconds from launching ``argv`` to the kernel's first kernel_info reply."""
+    write_connection_file(str(conn), ip="127.0.0.1", key=b"bench")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [a.replace("{connection_file}", str(conn)) for a in argv],
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = BlockingKernelClient(connection_file=str(conn))
+    client.load_connection_file()
+    # No heartbeat channel: without one, wait_for_ready polls kernel_info until it is answered.
+    client.start_channels(hb=False)
+    try:
+        client.wait_for_ready(timeout=timeout)
+        return time.perf_counter() - start
+    finally:
+        client.stop_channels()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        conn.unlink(missing_ok=True)
+
+
+def heavy_let(n: int) -> str:
+    return (
+        "heavy = builtins.foldl' (acc: i: acc + builtins.stringLength "
+        '(builtins.hashString "sha256" (toString i))) 0 (builtins.genList (x: x) '
+        f"{n});"
+    )
+
+
+def calibrate_heavy(work: Path) -> tuple[int, float]:
+    """An N for which evaluating ``heavy`` takes about HEAVY_TARGET_SECONDS here."""
+    n = 200_000
+    for _ in range(3):
+        expr = heavy_let(n).removeprefix("heavy = ").removesuffix(";")
+        start = time.perf_counter()
+        subprocess.run(["nix", "eval", "--expr", expr], check=True, capture_output=True)
+        took = time.perf_counter() - start
+        if abs(took - HEAVY_TARGET_SECONDS) < 0.2:
+            break
+        n = max(10_000, int(n * HEAVY_TARGET_SECONDS / max(took, 0.01)))
+    return n, took
+
+
+def make_shells(work: Path, name: str, let: str, extra: dict) -> tuple[Path, Path]:
+    attrs = {**DEFAULT_SHELL, **extra}
+    flake = write_flake(work / f"{name}-flake", {"default": attrs}, let=let)
+    shell = write_shell_nix(work / f"{name}-shell", attrs, let=let)
+    return flake, shell
+
+
+def startup_variants(
+    work: Path, flake: Path, shell: Path, cache_dir: Path
+) -> dict[str, tuple[list[str], Path, Callable[[], None] | None]]:
+    """Variant label -> (argv, cwd, prepare-before-each-run)."""
+    manager = NixKernelSpecManager(
+        project_dirs=[str(flake)], cache_dir=str(cache_dir), keep_native_kernels=False
+    )
+    target = next(t for t in manager.refresh() if t.kind == "flake")
+    nixkernel_argv = manager.kernel_spec_for(target).argv
+    flake_nix = flake / "flake.nix"
+    counter = [0]
+
+    def touch_input() -> None:
+        # A content change in a watched input: the next start must re-evaluate.
+        counter[0] += 1
+        text = re.sub(r"\n# bench \d+\n", "\n", flake_nix.read_text())
+        flake_nix.write_text(text + f"\n# bench {counter[0]}\n")
+
+    kernel = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    script = "exec python3 -m ipykernel_launcher -f {connection_file}"
+    return {
+        "bare python -m ipykernel_launcher (floor)": (
+            [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], flake, None
+        ),
+        "nixkernel, cache warm": (nixkernel_argv, flake, None),
+        "nixkernel, cache cold (input changed)": (nixkernel_argv, flake, touch_input),
+        "nix develop -c (every time)": (["nix", "develop", str(flake), "-c", *kernel], flake, None),
+        "nix-shell --run (every time)": (
+            ["nix-shell", str(shell / "shell.nix"), "--run", script], shell, None
+        ),
+    }  # fmt: skip
+
+
+def bench_startup(work: Path, label: str, let: str, extra: dict, reps: int) -> list[dict]:
+    flake, shell = make_shells(work, label, let, extra)
+    cache_dir = work / f"cache-{label}"
+    variants = startup_variants(work, flake, shell, cache_dir)
+    # Warm-up: build everything once and fill the cache, outside the measurements.
+    for argv, cwd, _ in variants.values():
+        time_kernel(argv, work / "conn.json", cwd)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for name, (argv, cwd, prepare) in variants.items():  # interleaved: round-robin
+            if prepare:
+                prepare()
+            times[name].append(time_kernel(argv, work / "conn.json", cwd))
+    floor = statistics.median(times[next(iter(times))])
+    rows = []
+    for name, values in times.items():
+        med = statistics.median(values)
+        rows.append(
+            {
+                "shell": label,
+                "variant": name,
+                "median_s": med,
+                "min_s": min(values),
+                "max_s": max(values),
+                "ratio": med / floor,
+                "runs": len(values),
+            }
+        )
+    return rows
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+
+def generate_projects(root: Path, n: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        d = root / f"proj-{i:05d}"
+        d.mkdir(exist_ok=True)
+        (d / "shell.nix").touch()
+
+
+IN_PROCESS = r"""
+import json, sys, time, tracemalloc, glob, os
+t0 = time.perf_counter()
+from nixkernel.kernelspec import NixKernelSpecManager, RESOURCES
+t_import = time.perf_counter() - t0
+m = NixKernelSpecManager(project_dirs=[sys.argv[1]], cache_dir=sys.argv[2])
+tracemalloc.start()
+t0 = time.perf_counter()
+m.refresh()
+scan = time.perf_counter() - t0
+specs = m.get_all_specs()
+cold = time.perf_counter() - t0
+_, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+warm = []
+for _ in range(5):
+    t0 = time.perf_counter(); m.get_all_specs(); warm.append(time.perf_counter() - t0)
+t0 = time.perf_counter()
+for _ in specs:
+    glob.glob(os.path.join(RESOURCES, "logo-*"))
+globs = time.perf_counter() - t0
+print(json.dumps({"import": t_import, "cold": cold, "scan": scan, "warm": sorted(warm)[2],
+                  "peak": peak, "count": len(specs), "globs": globs}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Straight to localhost: never through an HTTP proxy from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, token: str) -> tuple[float, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    start = time.perf_counter()
+    with _OPENER.open(req, timeout=120) as resp:
+        body = resp.read()
+    return time.perf_counter() - start, body
+
+
+def max_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_server(root: Path, cache_dir: Path, work: Path, warm_reps: int) -> dict:
+    """A real jupyter_server with nixkernel's manager: first and repeated GET /api/kernelspecs."""
+    port, token = free_port(), "bench-token"
+    argv = [
+        sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--allow-root",
+        "--ServerApp.kernel_spec_manager_class=nixkernel.kernelspec.NixKernelSpecManager",
+        f"--NixKernelSpecManager.cache_dir={cache_dir}",
+    ]  # fmt: skip
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                http_get(f"{base}/api/status", token)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("jupyter server did not start") from None
+                time.sleep(0.05)
+        cold, body = http_get(f"{base}/api/kernelspecs", token)
+        count = len(json.loads(body)["kernelspecs"])
+        warm = [http_get(f"{base}/api/kernelspecs", token)[0] for _ in range(warm_reps)]
+        return {
+            "cold": cold,
+            "warm": statistics.median(warm),
+            "count": count,
+            "bytes": len(body),
+            "rss_kib": max_rss_kib(proc.pid),
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def bench_discovery(work: Path, sizes: list[int], reps: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        root = work / f"projects-{n}"
+        generate_projects(root, n)
+        cache_dir = work / f"cache-discovery-{n}"
+        cli = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            subprocess.run(
+                ["jupyter", "nixkernel", "list", "--json", str(root),
+                 f"--NixKernelSpecManager.cache_dir={cache_dir}"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            cli.append(time.perf_counter() - start)
+        inproc = [
+            json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", IN_PROCESS, str(root), str(cache_dir)],
+                    check=True, capture_output=True, text=True,
+                ).stdout
+            )
+            for _ in range(reps)
+        ]  # fmt: skip
+        server = bench_server(root, cache_dir, work, warm_reps=max(10, 3 * reps))
+        rows.append(
+            {
+                "projects": n,
+                "cli_s": statistics.median(cli),
+                "manager_cold_s": statistics.median(r["cold"] for r in inproc),
+                "scan_s": statistics.median(r["scan"] for r in inproc),
+                "manager_warm_ms": 1000 * statistics.median(r["warm"] for r in inproc),
+                "peak_mib": max(r["peak"] for r in inproc) / 2**20,
+                "logo_globs_ms": 1000 * statistics.median(r["globs"] for r in inproc),
+                "server_cold_s": server["cold"],
+                "server_warm_ms": 1000 * server["warm"],
+                "server_rss_mib": server["rss_kib"] / 1024,
+                "response_kib": server["bytes"] / 1024,
+                "specs": server["count"],
+            }
+        )
+        print(f"  discovery {n}: {rows[-1]}", flush=True)
+    return rows
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def markdown(info: dict, heavy: tuple[int, float], startup: list[dict], disc: list[dict]) -> str:
+    out = ["# Benchmarks", "", "Generated by `python benchmarks/run.py"
+           + (" --quick" if info.get("quick") else "") + "`. Machine:", ""]  # fmt: skip
+    out += [f"- {k}: {v}" for k, v in info["machine"].items()]
+    out += [
+        "",
+        "Other engineers ran Nix, kernels and test suites on the same 2 cores during these runs: "
+        "absolute times are noisy; the variants are interleaved (round-robin in every "
+        "repetition) so the noise falls on all of them alike, and medians are reported.",
+        "",
+        "## Kernel start-up: launch to first `kernel_info` reply",
+        "",
+        "- **trivial**: a `mini.nix` dev shell (a Python wrapper, one variable, a shellHook).",
+        f"- **heavy**: the same shell plus a variable forced from a deliberately expensive Nix "
+        f"computation (`builtins.foldl'` over `builtins.genList {heavy[0]}` hashing strings; "
+        f"`nix eval` of it took {heavy[1]:.2f} s here). **It stands in for evaluating nixpkgs**, "
+        "which these offline machines do not have.",
+        "- *cold* = first start after a content change in `flake.nix` (re-evaluation). The flake "
+        "is in a git repository with uncommitted changes, so Nix's own flake evaluation cache "
+        "does not apply to `nix develop` either.",
+        "",
+        "| shell | variant | median (s) | min | max | ratio to floor | runs |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in startup:
+        out.append(
+            f"| {r['shell']} | {r['variant']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+            f"{r['max_s']:.3f} | {r['ratio']:.2f}x | {r['runs']} |"
+        )
+    out += ["", *targets_text(startup, disc), ""]
+    out += [
+        "## Discovery",
+        "",
+        "N generated projects (directories with an empty `shell.nix`). `cli`: wall time of "
+        "`jupyter nixkernel list --json DIR` (a fresh process: Python start-up and imports "
+        "included). `scan`: `refresh()` (walk + describe) in a fresh process; `manager cold`: "
+        "`refresh()` + the first `get_all_specs()` (which also loads the native kernelspecs: "
+        "jupyter_client imports ipykernel to find `python3`, about 1 s here); `warm`: "
+        "`get_all_specs()` again (served from memory). `peak`: tracemalloc peak during the cold "
+        "listing. `server`: a real `jupyter server` with NixKernelSpecManager, GET "
+        "/api/kernelspecs over HTTP (first request, then the median of repeated ones); RSS is the "
+        "server's peak resident memory (VmHWM). `logo globs`: the time the server's handler "
+        "spends globbing `logo-*` in every spec's resource_dir (measured alone).",
+        "",
+        "| projects | cli (s) | scan (s) | manager cold (s) | manager warm (ms) | peak (MiB) | "
+        "server first (s) | server warm (ms) | logo globs (ms) | server RSS (MiB) | "
+        "response (KiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in disc:
+        out.append(
+            f"| {r['projects']} | {r['cli_s']:.3f} | {r['scan_s']:.3f} | "
+            f"{r['manager_cold_s']:.3f} | "
+            f"{r['manager_warm_ms']:.1f} | {r['peak_mib']:.1f} | {r['server_cold_s']:.3f} | "
+            f"{r['server_warm_ms']:.1f} | {r['logo_globs_ms']:.1f} | {r['server_rss_mib']:.0f} | "
+            f"{r['response_kib']:.0f} |"
+        )
+    out += ["", "## What bounds the numbers", "", *NOTES]
+    return "\n".join(out) + "\n"
+
+
+NOTES = [
+    "- **Warm start vs the floor.** A warm nixkernel start is the floor plus one extra Python "
+    "interpreter (the launcher: start-up, about 15 ms of nixkernel imports, about 1 ms to check "
+    "the cache entry and plan the exec), the store wrapper's `/bin/sh`, and `bash` when the "
+    "shell has a shellHook. Measured alone here the launcher costs about 0.1 s wall, of which "
+    "about 50 ms is the bare interpreter start and about 35 ms a site-packages `.pth` hook of "
+    "this machine's Python that imports `certifi` at every interpreter start (`python -X "
+    "importtime`). Against a floor of about 0.8 s that is 1.10-1.20x: the 1.10x target is at "
+    "the edge, and is bounded by the interpreter start, not by the cache. Not changed here: "
+    "starting the launcher with `python -S` (no site processing) would remove the hook's cost "
+    "but needs the launcher to find nixkernel without site-packages.",
+    "- **Heavy shell vs nix develop / nix-shell.** Each re-entry pays evaluation plus the kernel "
+    "start, so the best possible speed-up of a warm start is (floor + evaluation) / warm; with "
+    "a 1 s evaluation and a 0.8 s floor that is about 2.2x, so the 3x target needs an "
+    "evaluation of about 2 s or more (nixpkgs takes 2-10 s on real machines). `nix develop` on "
+    "an unchanged flake is also served by Nix's own flake evaluation cache (keyed by the "
+    "source's hash, so even an uncommitted tree hits it): it does not re-run the heavy "
+    "evaluation, which is why it stays close to the floor here. `nix-shell` has no such cache.",
+    "- **Cold start** = a full `nix print-dev-env` (evaluation) plus the warm path.",
+    "- **Logos.** The server's /api/kernelspecs handler globs `logo-*` in every spec's "
+    "resource_dir on every request; all nixkernel specs share one resources directory, so this "
+    "is N small directory listings per request (the `logo globs` column), which dominates the "
+    "warm request time at thousands of specs, together with serializing the response.",
+]
+
+
+def targets_text(startup: list[dict], disc: list[dict]) -> list[str]:
+    lines = ["Targets:", ""]
+    by = {(r["shell"], r["variant"]): r for r in startup}
+    for shell in sorted({r["shell"] for r in startup}):
+        warm = by.get((shell, "nixkernel, cache warm"))
+        if warm:
+            ok = "met" if warm["ratio"] <= 1.10 else "MISSED"
+            lines.append(f"- {shell}: warm start {warm['ratio']:.2f}x the floor (<= 1.10x): {ok}")
+    heavy = {r["variant"]: r for r in startup if r["shell"] == "heavy"}
+    if heavy:
+        warm = heavy["nixkernel, cache warm"]["median_s"]
+        for alt in ("nix develop -c (every time)", "nix-shell --run (every time)"):
+            speedup = heavy[alt]["median_s"] / warm
+            ok = "met" if speedup >= 3 else "MISSED"
+            lines.append(f"- heavy: warm nixkernel {speedup:.1f}x faster than {alt} (>= 3x): {ok}")
+    for r in disc:
+        if r["projects"] == 1000:
+            ok = "met" if r["manager_cold_s"] < 1 else "MISSED"
+            lines.append(
+                f"- 1,000 projects listed cold in {r['manager_cold_s']:.3f} s (< 1 s): {ok}"
+            )
+    warm_ms = [r["server_warm_ms"] for r in disc if r["projects"] <= 1000]
+    if warm_ms:
+        ok = "met" if max(warm_ms) < 20 else "MISSED"
+        lines.append(
+            f"- warm /api/kernelspecs up to 1,000 projects: max {max(warm_ms):.1f} ms "
+            f"(< 20 ms): {ok}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions, up to 1,000")
+    parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    reps = 3 if args.quick else 7
+    sizes = [10, 100, 1000] if args.quick else [10, 100, 1000, 5000]
+    work = Path(tempfile.mkdtemp(prefix="nixkernel-bench-"))
+    os.environ["NIX_CONFIG"] = offline_nix_config(work)
+    info = {"machine": machine(), "quick": args.quick}
+    print("machine:", info["machine"], flush=True)
+    try:
+        n, took = calibrate_heavy(work)
+        print(f"heavy shell: genList {n}, nix eval {took:.2f} s", flush=True)
+        startup = bench_startup(work, "trivial", "", {}, reps)
+        startup += bench_startup(
+            work, "heavy", heavy_let(n), {"HEAVY": Raw("toString heavy")}, reps
+        )
+        for r in startup:
+            print(
+                f"  {r['shell']:8} {r['variant']:42} {r['median_s']:7.3f} s  {r['ratio']:.2f}x",
+                flush=True,
+            )
+        disc = bench_discovery(work, sizes, 3 if args.quick else 5)
+        text = markdown(info, (n, took), startup, disc)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print()
+        print(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
