@@ -430,10 +430,16 @@ NOTES = [
     "source's hash, so even an uncommitted tree hits it): it does not re-run the heavy "
     "evaluation, which is why it stays close to the floor here. `nix-shell` has no such cache.",
     "- **Cold start** = a full `nix print-dev-env` (evaluation) plus the warm path.",
-    "- **Logos.** The server's /api/kernelspecs handler globs `logo-*` in every spec's "
-    "resource_dir on every request; all nixkernel specs share one resources directory, so this "
-    "is N small directory listings per request (the `logo globs` column), which dominates the "
-    "warm request time at thousands of specs, together with serializing the response.",
+    "- **Warm /api/kernelspecs.** jupyter_server 2.21's handler turns every spec into its REST "
+    "model on the thread pool, one `asyncio.to_thread(kernelspec_model)` task per spec, each "
+    "checking for kernel.js / kernel.css and globbing `logo-*` in the spec's resource_dir. At "
+    "1,000 specs these 1,000 thread hops and 3,000 file-system calls cost about 0.3 s per "
+    "request, although `get_all_specs()` itself answers from memory in well under a "
+    "millisecond (`manager warm`); the globs alone are the `logo globs` column. Not fixed here: "
+    "the handler skips this step for entries already in model form (`name`, `spec`, "
+    "`resources`, as gateway managers return), so NixKernelSpecManager could return its own "
+    "specs in that form (logos from its one shared resources directory, URLs from the "
+    "server's base_url, kept with `resource_dir` for other callers), computed once per refresh.",
 ]
 
 
