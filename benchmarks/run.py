@@ -460,9 +460,11 @@ def targets_text(startup: list[dict], disc: list[dict]) -> list[str]:
             lines.append(f"- heavy: warm nixkernel {speedup:.1f}x faster than {alt} (>= 3x): {ok}")
     for r in disc:
         if r["projects"] == 1000:
-            ok = "met" if r["manager_cold_s"] < 1 else "MISSED"
+            # The whole `jupyter nixkernel list` in a fresh process: start-up, walk, describe.
+            ok = "met" if r["cli_s"] < 1 else "MISSED"
             lines.append(
-                f"- 1,000 projects listed cold in {r['manager_cold_s']:.3f} s (< 1 s): {ok}"
+                f"- 1,000 projects listed cold by `jupyter nixkernel list` in {r['cli_s']:.3f} s "
+                f"(scan {r['scan_s']:.3f} s) (< 1 s): {ok}"
             )
     warm_ms = [r["server_warm_ms"] for r in disc if r["projects"] <= 1000]
     if warm_ms:
