@@ -367,9 +367,9 @@ def markdown(info: dict, heavy: tuple[int, float], startup: list[dict], disc: li
         f"computation (`builtins.foldl'` over `builtins.genList {heavy[0]}` hashing strings; "
         f"`nix eval` of it took {heavy[1]:.2f} s here). **It stands in for evaluating nixpkgs**, "
         "which these offline machines do not have.",
-        "- *cold* = first start after a content change in `flake.nix` (re-evaluation). The flake "
-        "is in a git repository with uncommitted changes, so Nix's own flake evaluation cache "
-        "does not apply to `nix develop` either.",
+        "- *cold* = first start after a content change in `flake.nix` (re-evaluation). "
+        "`nix develop` on the unchanged flake is served by Nix's own flake evaluation cache "
+        "(see below), so it does not re-run the heavy evaluation.",
         "",
         "| shell | variant | median (s) | min | max | ratio to floor | runs |",
         "|---|---|---:|---:|---:|---:|---:|",
