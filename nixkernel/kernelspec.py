@@ -32,6 +32,7 @@ from .describe import (
 from .discovery import discover
 
 RESOURCES = str(Path(__file__).parent / "resources")
+LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
 
 #: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
 _SPEC_DEFAULTS = {k: v for k, v in KernelSpec().to_dict().items() if k != "argv"}
@@ -166,14 +167,28 @@ class NixKernelSpecManager(KernelSpecManager):
             if self.project_kernel:
                 own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
             # Built once per scan: JupyterLab polls the listing every minute per tab.
-            listing = {
-                name: {"resource_dir": RESOURCES, "spec": self.spec_dict(t)}
-                for name, t in own.items()
-            }
+            listing = {name: self._listing_entry(name, t) for name, t in own.items()}
             self._targets, self._own, self._listing = dict(own), own, listing
             self._targets.pop(PROJECT_KERNEL_NAME, None)
             self._scanned.set()
         return targets
+
+    def _listing_entry(self, name: str, target: KernelTarget) -> dict[str, Any]:
+        """A get_all_specs() entry. Under a server it is also the REST model itself (``name``,
+        ``spec``, ``resources``): jupyter_server then uses it as is, instead of building each
+        model on a worker thread with a glob of the resource directory (a thread hop and a glob
+        per kernel, ~0.3 ms each: a third of a second on every poll of 1,000 kernels)."""
+        entry: dict[str, Any] = {"resource_dir": RESOURCES, "spec": self.spec_dict(target)}
+        base_url = getattr(self.parent, "base_url", None)
+        if isinstance(base_url, str):
+            from jupyter_server.utils import url_path_join
+
+            entry["name"] = name
+            entry["resources"] = {
+                os.path.splitext(logo)[0]: url_path_join(base_url, "kernelspecs", name, logo)
+                for logo in LOGOS
+            }
+        return entry
 
     def targets(self) -> list[KernelTarget]:
         """The discovered kernels (scanning first if nothing was scanned yet)."""

@@ -475,6 +475,37 @@ async def test_warm_listing_is_served_from_memory(jp_fetch, root_projects, manag
     assert statistics.median(timings) < 1.0
 
 
+async def test_listing_hands_the_server_ready_models(jp_fetch, root_projects, manager, monkeypatch):
+    """nixkernel's entries are already REST models, so jupyter_server does not rebuild each one
+    on a worker thread (globbing for logos): only the native kernelspecs go that way."""
+    from jupyter_server.services.kernelspecs import handlers
+
+    built: list[str] = []
+    original = handlers.kernelspec_model
+
+    def counting_model(handler, name, *args):
+        built.append(name)
+        return original(handler, name, *args)
+
+    monkeypatch.setattr(handlers, "kernelspec_model", counting_model)
+    listing = await get_json(jp_fetch, "api", "kernelspecs")
+    ours = {n for n, m in listing["kernelspecs"].items() if "nixkernel" in m["spec"]["metadata"]}
+    assert len(ours) == 3  # alpha, beta, "this project"
+    assert not set(built) & ours
+    assert "python3" in built
+    # The ready models carry what the server would have computed.
+    for name in ours:
+        model = listing["kernelspecs"][name]
+        assert model["name"] == name
+        expected = original(
+            type("H", (), {"base_url": manager.parent.base_url})(),
+            name,
+            model["spec"],
+            model["resource_dir"],
+        )
+        assert model["resources"] == expected["resources"]
+
+
 # -- warm_on_start --------------------------------------------------------------------------------
 
 
