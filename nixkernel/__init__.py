@@ -1,6 +1,6 @@
 """nixkernel: a Jupyter kernel for every Nix dev shell, shell.nix and virtualenv in your projects.
 
-This module stays import-light: ``python -m nixkernel.launch`` runs it on every kernel start.
+This module stays import-light: the launcher imports it on every kernel start.
 The KernelSpecManager (which pulls in jupyter_client) is imported on first use.
 """
 

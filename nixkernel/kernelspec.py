@@ -32,6 +32,8 @@ from .describe import (
 from .discovery import discover
 
 RESOURCES = str(Path(__file__).parent / "resources")
+#: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
+LAUNCHER = str(Path(__file__).parent / "boot" / "launcher.py")
 LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
 
 #: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
@@ -261,7 +263,7 @@ class NixKernelSpecManager(KernelSpecManager):
 
     def launcher_argv(self, target: KernelTarget) -> list[str]:
         """The kernel command: the server's own Python running nixkernel's launcher."""
-        argv = [sys.executable, "-m", "nixkernel.launch", "--kind", target.kind]
+        argv = [sys.executable, "-S", LAUNCHER, "--kind", target.kind]
         if target.kind != KIND_AUTO:
             argv += ["--project", target.project]
         if target.shell:

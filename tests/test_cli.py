@@ -17,7 +17,7 @@ from nixprojects import DEFAULT_SHELL, PYTHON, Raw, write_flake, write_shell_nix
 from traitlets.config import Config
 
 from nixkernel import doctor, serverconfig
-from nixkernel.kernelspec import NixKernelSpecManager
+from nixkernel.kernelspec import LAUNCHER, NixKernelSpecManager
 
 REPO = Path(__file__).parent.parent
 OWN_ROW_KEYS = {"name", "display_name", "kind", "shell", "project", "venv", "cache"}
@@ -169,7 +169,7 @@ def test_show_describes_spec_inputs_cache_and_environment(ws, warmed):
     info = json.loads(result.stdout)
     spec = info["kernelspec"]
     assert spec["display_name"] == "api (flake)"
-    assert spec["argv"][:3] == [sys.executable, "-m", "nixkernel.launch"]
+    assert spec["argv"][:3] == [sys.executable, "-S", LAUNCHER]
     assert spec["metadata"]["nixkernel"]["project"] == str(ws.good / "api")
     assert str(ws.good / "api" / "flake.nix") in info["watched_inputs"]
     cache = info["cache"]

@@ -138,7 +138,7 @@ def only_name(manager, kind: str = "shell.nix", project: Path | None = None) -> 
 def launcher_args(manager, name: str, connection_file: str = "/nonexistent/conn.json"):
     """The launcher's parsed arguments for kernel ``name``, exactly as its kernelspec gives them."""
     argv = manager.get_kernel_spec(name).argv
-    rest = argv[argv.index("nixkernel.launch") + 1 :]
+    rest = argv[argv.index("--kind") :]
     return launch.build_parser().parse_args(
         [a.replace("{connection_file}", connection_file) for a in rest]
     )
