@@ -11,11 +11,9 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 from conftest import require
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import NoSuchKernel
-from nixprojects import DEFAULT_SHELL, PYTHON, Raw, write_flake, write_shell_nix
+from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
 
 import nixkernel
 from nixkernel import launch
@@ -50,79 +48,59 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -
 
 
 class Gate:
-    """A derivation whose build blocks until the test opens the gate.
+    """A Nix expression whose *evaluation* waits until the test opens the gate.
 
-    The builder creates ``started``, then (unless ``open`` exists) reads a line from ``fifo``.
+    Evaluating it reads a FIFO (``builtins.readFile``) unless the ``open`` file exists, so Nix
+    waits inside the evaluation, in the launcher's own nix process: the window the cache's lock
+    must serialise. (A gated *build* is no good: builders run as nixbld users, and Nix kills a
+    build user's processes when it hands the user to a build, which made such tests flaky.)
     """
 
     def __init__(self, directory: Path) -> None:
-        # Nix builds as a nixbld user even for root: the gate must be reachable by that user
-        # (pytest's tmp_path is private to root), so it lives in a world-accessible directory.
         directory.mkdir(parents=True, exist_ok=True)
-        directory.chmod(0o777)
-        self.started = directory / "started"
         self.open_file = directory / "open"
         self.fifo = directory / "fifo"
         os.mkfifo(self.fifo)
-        self.fifo.chmod(0o666)
+        self._writer: int | None = None
 
-    def package(self) -> Raw:
-        script = (
-            f": > '{self.started}'; "
-            f"[ -e '{self.open_file}' ] || read -r _ < '{self.fifo}'; "
-            "mkdir -p $out/share"
-        )
-        return Raw(
-            '(derivation { name = "gated-build"; system = "x86_64-linux"; '
-            'builder = "/bin/bash"; PATH = "/usr/bin:/bin"; '
-            f'args = [ "-c" {json.dumps(script)} ]; }})'
-        )
+    def value(self) -> Raw:
+        opened, fifo = json.dumps(str(self.open_file)), json.dumps(str(self.fifo))
+        return Raw(f'(if builtins.pathExists {opened} then "open" else builtins.readFile {fifo})')
+
+    def _writer_if_read(self) -> int | None:
+        try:
+            return os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nobody is reading yet
+                return None
+            raise
 
     def wait_started(self) -> None:
-        wait_for(self.started.exists, "the gated build to start")
+        """Return once an evaluation waits at the gate. Holding the FIFO's write end open keeps
+        it waiting (a reader only sees EOF once every writer has closed)."""
+        self._writer = wait_for(self._writer_if_read, "an evaluation to reach the gate")
+
+    def release_waiting(self) -> None:
+        """Let an evaluation waiting at the gate go on (it reads EOF)."""
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
 
     def open(self) -> None:
-        """Let every current and future build through."""
+        """Let the waiting evaluation and every later one through."""
         self.open_file.touch()
         self.release_waiting()
 
-    def release_waiting(self, timeout: float = 30) -> None:
-        """Wake every builder blocked on the FIFO; return once no reader is left."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no reader (left)
-                    return
-                raise
-            try:
-                os.write(fd, b"go\n")
-            except BlockingIOError:
-                pass
-            finally:
-                os.close(fd)
-            time.sleep(0.01)  # poll interval: the woken reader closes its end
-        raise AssertionError(f"a reader of {self.fifo} did not go away")
-
 
 @pytest.fixture
-def gate(nix: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
-    # Any Nix build started as root kills every process of its build user first (and the pool
-    # is shared with every other Nix run on the machine): a builder that waits would be killed.
-    # Building as root itself (no build users) keeps the waiting builder alive.
-    monkeypatch.setenv("NIX_CONFIG", os.environ["NIX_CONFIG"] + "build-users-group =\n")
-    directory = Path(tempfile.mkdtemp(prefix="nixkernel-gate-"))
-    g = Gate(directory)
+def gate(nix: str, tmp_path: Path) -> Iterator[Gate]:
+    g = Gate(tmp_path / "gate")
     yield g
-    g.open()  # never leave a builder blocked
-    shutil.rmtree(directory, ignore_errors=True)
+    g.open()  # never leave an evaluation waiting
 
 
 def gated_shell(directory: Path, gate: Gate, greeting: str = "gated") -> Path:
-    return write_shell_nix(
-        directory, {**DEFAULT_SHELL, "GREETING": greeting, "packages": [PYTHON, gate.package()]}
-    )
+    return write_shell_nix(directory, {**DEFAULT_SHELL, "GREETING": greeting, "GATE": gate.value()})
 
 
 def only_name(manager, kind: str = "shell.nix", project: Path | None = None) -> str:
@@ -187,7 +165,7 @@ def test_eight_kernels_of_one_cold_environment_start_and_nix_evaluates_once(
     try:
         for km in kms:
             km.start_kernel(cwd=str(project))
-        # One launcher evaluates (its build is held at the gate); the 7 others wait for its lock.
+        # One launcher evaluates (held at the gate); the 7 others wait for its lock.
         gate.wait_started()
         wait_for(lambda: blocked_on(lock) == 7, "7 launchers blocked on the slot's lock")
         assert counting_nix.evaluations() == 1
@@ -222,13 +200,12 @@ def test_launcher_killed_during_evaluation_leaves_no_entry_and_next_start_works(
     ]
     proc = subprocess.Popen(argv, cwd=project, start_new_session=True)
     try:
-        gate.wait_started()  # Nix is building the shell right now
+        gate.wait_started()  # Nix is evaluating the shell right now
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its nix
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    # Nix's builder runs in its own session: wake it so it does not linger.
     gate.release_waiting()
     assert not (slot / ENTRY_FILE).exists()
     # A launcher killed while writing the entry leaves a temp file: it must never be read.
