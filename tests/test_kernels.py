@@ -233,7 +233,10 @@ def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
             ):
                 break
         km.interrupt_kernel()
+        # wait_for_ready may have left kernel_info replies queued: take the execute's own reply.
         reply = kc.get_shell_msg(timeout=30)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=30)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
 
