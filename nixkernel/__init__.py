@@ -6,14 +6,12 @@ The KernelSpecManager (which pulls in jupyter_client) is imported on first use.
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
 
 __all__ = ["NixKernelSpecManager", "__version__"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "NixKernelSpecManager":
         from .kernelspec import NixKernelSpecManager
 

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -225,6 +224,8 @@ class EnvironmentCache:
 
     def store(self, slot: str, entry: dict) -> None:
         """Write ``entry`` atomically: a reader sees the old entry or the new one, never half."""
+        import tempfile  # writes happen on a miss only: keep the warm path's imports small
+
         self._make_private_dir(slot)
         fd, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".tmp", dir=slot)
         try:
@@ -344,6 +345,8 @@ class EnvironmentCache:
         return None
 
     def store_flake_shells(self, project: str, names: list[str]) -> None:
+        import tempfile
+
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
         fd, tmp = tempfile.mkstemp(prefix=".shells-", dir=os.path.dirname(path))

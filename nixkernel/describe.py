@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import re
 import struct
 import unicodedata
@@ -34,9 +33,10 @@ _SLUG_MAX = 32
 
 def current_system() -> str:
     """This machine's Nix system (``x86_64-linux``...), like ``builtins.currentSystem``."""
-    machine = platform.machine().lower()
+    uname = os.uname()  # not the platform module: it costs the launcher ~10 ms to import
+    machine = uname.machine.lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-    return f"{machine}-{platform.system().lower()}"
+    return f"{machine}-{uname.sysname.lower()}"
 
 
 @dataclass(frozen=True)

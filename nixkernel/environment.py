@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Mapping
 
 #: Variables ``nix develop`` drops from the build environment: they describe the sandbox.
@@ -63,6 +62,25 @@ def exported_variables(dev_env: Mapping) -> dict[str, str]:
             continue
         result[name] = value
     return result
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    """The executable ``name`` on ``path`` (default: this process's PATH), like ``shutil.which``.
+
+    Not shutil itself: importing it (and the compression modules it pulls in) is a noticeable
+    part of the launcher's start-up, which every kernel start pays.
+    """
+    if os.sep in name:
+        return name if _is_executable(name) else None
+    for directory in (os.environ.get("PATH", os.defpath) if path is None else path).split(":"):
+        # An empty entry would mean the current directory: never look for programs there.
+        if directory and _is_executable(candidate := os.path.join(directory, name)):
+            return candidate
+    return None
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def join_paths(*parts: str | None) -> str:
@@ -144,4 +162,6 @@ def rc_script(dev_env: Mapping) -> str:
 
 
 def _quote(value: str) -> str:
+    import shlex  # only when an environment is evaluated, not on every start
+
     return shlex.quote(value.replace("\0", ""))

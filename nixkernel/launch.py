@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,7 +155,7 @@ def plan_cached(
     kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
     if not rc:
         return Launch(python, kernel, env)
-    bash = shutil.which("bash", path=env.get("PATH")) or shutil.which("bash")
+    bash = environment.which("bash", env.get("PATH")) or environment.which("bash")
     if bash is None:
         raise NixKernelError(
             "The shell has a shellHook, but there is no bash on its PATH or the server's.",
@@ -170,7 +168,7 @@ def plan_cached(
 def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
     if target.venv:
         return venv_python(target.venv)
-    python = shutil.which("python3", path=env.get("PATH"))
+    python = environment.which("python3", env.get("PATH"))
     if python is None:
         raise NixKernelError(
             f"There is no python3 on the PATH of {target.project}'s environment.",
@@ -191,6 +189,8 @@ def plan_direct(
     env = {k: v for k, v in server_env.items() if k not in environment.SERVER_ONLY_VARIABLES}
     env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
     env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
+    import shlex
+
     python = shlex.quote(venv_python(target.venv)) if target.venv else "python3"
     script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {shlex.quote(args.connection_file)}"
     if target.venv:

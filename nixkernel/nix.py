@@ -4,7 +4,8 @@ Finds the ``nix`` executable, runs ``nix print-dev-env --json`` (registering a G
 ``--profile``) and ``nix eval`` for a flake's devShell names, and turns Nix's failures into
 :class:`NixError` messages that name the project and the fix.
 
-Standard library only: the launcher imports this module on every kernel start.
+Standard library only: the launcher imports this module on every kernel start, so
+``subprocess`` is imported in the functions that run Nix or git (a cache hit runs neither).
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .describe import NixSource
+from .environment import which
 
 #: Where Nix lives when it is not on PATH (multi-user and single-user installs).
 FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/bin/nix")
@@ -65,7 +65,7 @@ class DevEnv:
 def find_nix(configured: str | None = None) -> str:
     """The absolute path of the ``nix`` executable to use, or :class:`NixNotFoundError`."""
     if configured:
-        path = shutil.which(os.path.expanduser(configured))
+        path = which(os.path.expanduser(configured))
         if path:
             return os.path.abspath(path)
         raise NixNotFoundError(
@@ -73,7 +73,7 @@ def find_nix(configured: str | None = None) -> str:
             hint="Fix c.NixKernelSpecManager.nix_executable (or --nix), or leave it empty to "
             "find nix on PATH.",
         )
-    path = shutil.which("nix")
+    path = which("nix")
     if path:
         return os.path.abspath(path)
     for candidate in FALLBACK_LOCATIONS:
@@ -108,6 +108,8 @@ def parse_version(text: str) -> str:
 
 
 def nix_version(nix: str) -> str:
+    import subprocess
+
     try:
         out = subprocess.run(
             [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
@@ -134,8 +136,10 @@ def git_toplevel(directory: str) -> str | None:
 
 def untracked_flake_files(directory: str) -> list[str]:
     """Files of the flake in ``directory`` that git does not track, so Nix cannot see them."""
+    import subprocess
+
     top = git_toplevel(directory)
-    if top is None or shutil.which("git") is None:
+    if top is None or which("git") is None:
         return []
     candidates = [
         n for n in ("flake.nix", "flake.lock") if os.path.exists(os.path.join(directory, n))
@@ -180,6 +184,8 @@ def _run_streaming(
     argv: list[str], env: dict[str, str] | None, on_line: Callable[[str], None] | None
 ) -> tuple[int, str, list[str]]:
     """Run ``argv``; return (exit status, stdout, stderr lines), passing stderr to ``on_line``."""
+    import subprocess
+
     proc = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -266,6 +272,8 @@ def flake_shell_names(
     nix: str, directory: str, system: str, env: dict[str, str] | None = None
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    import subprocess
+
     check_flake_path(directory)
     argv = [
         nix, "eval", "--json", f"{directory}#devShells.{system}",

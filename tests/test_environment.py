@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 
 from nixkernel.environment import (
     SANDBOX_VARIABLES,
@@ -88,3 +90,35 @@ def test_rc_script_runs_the_hook_with_shell_state_then_execs() -> None:
     # The hook saw the non-exported variable, the array and the function; the exec'd process
     # got the hook's export but not the shell-only variable.
     assert out.stdout == "hi x\nnot exported a b|unset|hello\n"
+
+
+def test_which_finds_executables_on_the_given_path_only(tmp_path) -> None:
+    from nixkernel.environment import which
+
+    (tmp_path / "bin").mkdir()
+    tool = tmp_path / "bin" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "data").write_text("")  # not executable
+    tool.chmod(0o755)
+    assert which("tool", f"/nonexistent::{tmp_path / 'bin'}") == str(tool)
+    assert which("data", str(tmp_path / "bin")) is None
+    assert which("tool", "") is None  # an empty entry is not the current directory
+    assert which(str(tool)) == str(tool)
+
+
+def test_launcher_imports_only_the_standard_library_and_no_heavy_modules() -> None:
+    """The launcher runs (with python -S) on every kernel start: nothing outside the standard
+    library, and none of the modules only a cache miss needs."""
+    import nixkernel
+
+    parent = os.path.dirname(os.path.dirname(nixkernel.__file__))
+    code = (
+        f"import sys; sys.path[0] = {parent!r}; from nixkernel import launch; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('jupyter_client', 'traitlets', 'platformdirs', 'typing', 'subprocess', 'shutil', "
+        "'tempfile', 'platform', 'zmq'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""
