@@ -30,6 +30,7 @@ from .describe import (
     describe,
 )
 from .discovery import discover
+from .launch import MODE_CACHED
 
 RESOURCES = str(Path(__file__).parent / "resources")
 #: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
@@ -275,7 +276,8 @@ class NixKernelSpecManager(KernelSpecManager):
         argv += ["--cache-dir", os.path.abspath(os.path.expanduser(self.cache_dir))]
         if self.nix_executable:
             argv += ["--nix", self.nix_executable]
-        argv += ["--mode", self.launch_mode]
+        if self.launch_mode != MODE_CACHED:
+            argv += ["--mode", self.launch_mode]
         if not self.stale_fallback:
             argv.append("--no-stale")
         if target.kind == KIND_AUTO and not self.include_venvs:
@@ -291,11 +293,17 @@ class NixKernelSpecManager(KernelSpecManager):
             "display_name": target.display_name,
             "language": "python",
             "interrupt_mode": "signal",
-            "metadata": {
-                "debugger": True,
-                "nixkernel": {**target.as_dict(), "problem": target.problem},
-            },
+            "metadata": {"debugger": True, "nixkernel": self._metadata(target)},
         }
+
+    @staticmethod
+    def _metadata(target: KernelTarget) -> dict[str, str]:
+        """What the spec says about its environment: kind, project, and the shell, venv and
+        problem when there are any. (Name and display name are the spec's own; every byte here
+        is repeated for each kernel in every listing JupyterLab polls.)"""
+        info = {"kind": target.kind, "project": target.project, "shell": target.shell,
+                "venv": target.venv, "problem": target.problem}  # fmt: skip
+        return {key: value for key, value in info.items() if value}
 
     def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
         return KernelSpec(resource_dir=RESOURCES, **self.spec_dict(target))
