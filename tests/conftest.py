@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from jupyter_client import KernelManager
+from jupyter_client import BlockingKernelClient, KernelManager
 
 from nixkernel.kernelspec import NixKernelSpecManager
 
@@ -108,6 +109,24 @@ class KernelRun:
         )
 
 
+@contextlib.contextmanager
+def running_kernel(
+    manager: NixKernelSpecManager, name: str, cwd: str | os.PathLike, timeout: float = 120
+) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
+    """Kernel ``name`` started from ``manager``'s spec with jupyter_client, and a client whose
+    channels are ready (iopub included, so no output is missed); both stopped afterwards."""
+    km = KernelManager(kernel_spec_manager=manager, kernel_name=name)
+    km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=timeout)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def run_in_kernel(
     manager: NixKernelSpecManager,
     name: str,
@@ -115,15 +134,9 @@ def run_in_kernel(
     cwd: str | os.PathLike,
     timeout: float = 120,
 ) -> KernelRun:
-    """Start kernel ``name`` from ``manager``'s spec with jupyter_client, run ``code``, stop it."""
-    km = KernelManager(kernel_spec_manager=manager, kernel_name=name)
-    km.start_kernel(cwd=str(cwd))
+    """Start kernel ``name`` from ``manager``'s spec, run ``code``, stop it."""
     run = KernelRun()
-    kc = km.client()
-    try:
-        kc.start_channels()
-        # wait_for_ready also waits for iopub to be connected, so no output is missed.
-        kc.wait_for_ready(timeout=timeout)
+    with running_kernel(manager, name, cwd, timeout) as (_km, kc):
         reply = kc.kernel_info(reply=True, timeout=timeout)
         run.implementation = reply["content"].get("implementation", "")
 
@@ -135,9 +148,6 @@ def run_in_kernel(
                 run.errors.append(msg["content"])
 
         kc.execute_interactive(code, output_hook=hook, timeout=timeout)
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     return run
 
 

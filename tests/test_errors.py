@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import running_kernel
 from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
 
 FALLBACK = "nixkernel-fallback"
@@ -88,24 +89,14 @@ def test_environment_without_ipykernel(nix, projects, manager_factory, kernel_ru
 
 def test_fallback_kernel_keeps_answering(nix, projects, manager_factory):
     """The error kernel stays up: a second cell gets the same answer, no restart loop."""
-    from jupyter_client import KernelManager
-
     project = write_flake(projects / "b", {"default": {"X": Raw('throw "nope"')}})
     manager = manager_factory(project_dirs=[str(projects)])
-    km = KernelManager(kernel_spec_manager=manager, kernel_name=only_kernel(manager))
-    km.start_kernel(cwd=str(project))
-    kc = km.client()
-    try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=60)
+    with running_kernel(manager, only_kernel(manager), project, timeout=60) as (km, kc):
         for _ in range(2):
             reply = kc.execute_interactive("1 + 1", timeout=60)
             assert reply["content"]["status"] == "error"
             assert "nope" in "\n".join(reply["content"]["traceback"])
         assert km.is_alive()
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_flake_at_a_path_nix_cannot_name(nix, projects, manager_factory, kernel_runner):

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from conftest import running_kernel
 from nixprojects import DEFAULT_SHELL, PYTHON, write_flake, write_shell_nix
 
 PROBE = (
@@ -93,16 +94,9 @@ def test_shell_nix_kernel(nix, projects, manager_factory, kernel_runner):
 
 def test_kernel_process_is_exec_not_a_child(nix, projects, manager_factory, kernel_runner):
     """No launcher stays between the server and the kernel: the kernel is the launched process."""
-    from jupyter_client import KernelManager
-
     project = write_flake(projects / "p")
     manager = manager_factory(project_dirs=[str(projects)])
-    km = KernelManager(kernel_spec_manager=manager, kernel_name=kernel_named(manager, "flake"))
-    km.start_kernel(cwd=str(project))
-    kc = km.client()
-    try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=120)
+    with running_kernel(manager, kernel_named(manager, "flake"), project) as (km, kc):
         out: list[str] = []
         kc.execute_interactive(
             "import os; print(os.getpid())",
@@ -110,9 +104,6 @@ def test_kernel_process_is_exec_not_a_child(nix, projects, manager_factory, kern
             timeout=60,
         )
         assert int("".join(out).strip()) == km.provisioner.process.pid
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_second_start_uses_the_cache_without_running_nix(
@@ -213,16 +204,9 @@ def test_direct_mode_with_nix_shell(nix, projects, manager_factory, kernel_runne
 def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
     """The launcher execs (through bash when there is a shellHook), so the server's SIGINT and
     restart act on the kernel itself."""
-    from jupyter_client import KernelManager
-
     project = write_flake(projects / "interruptible")  # DEFAULT_SHELL has a shellHook
     manager = manager_factory(project_dirs=[str(projects)])
-    km = KernelManager(kernel_spec_manager=manager, kernel_name=kernel_named(manager, "flake"))
-    km.start_kernel(cwd=str(project))
-    kc = km.client()
-    try:
-        kc.start_channels()
-        kc.wait_for_ready(timeout=120)
+    with running_kernel(manager, kernel_named(manager, "flake"), project) as (km, kc):
         msg_id = kc.execute("import time\nfor _ in range(600): time.sleep(0.1)")
         # Interrupt once the cell is running (its busy status), not after a guessed delay.
         while True:
@@ -246,6 +230,3 @@ def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
         assert km.provisioner.process.pid != old_pid
         reply = kc.execute_interactive("import os; os.environ['GREETING']", timeout=60)
         assert reply["content"]["status"] == "ok"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
