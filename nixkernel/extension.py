@@ -116,13 +116,11 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
 def warm_sources(manager: NixKernelSpecManager) -> list[NixSource]:
     """The Nix sources of the discovered kernels, each once (waits for the first scan)."""
-    from .describe import KIND_VENV, NixSource
+    from .launch import target_source
 
     sources: dict[NixSource, None] = {}
     for target in manager.targets():
-        source = target.nix_source()
-        if source is None and target.kind == KIND_VENV and manager.venv_library_shell:
-            source = NixSource.parse(manager.venv_library_shell)
+        source = target_source(target, manager.venv_library_shell or None)
         if source is not None:
             sources.setdefault(source, None)
     return list(sources)
