@@ -81,11 +81,6 @@ class NixKernelSubcommand(JupyterApp):
             self.names = [n.lower() for n in self.extra_args]
         if self.dirs:
             self.manager.project_dirs = self.dirs
-        elif not self.manager.trait_has_value("project_dirs"):
-            # Like the server: its root directory, when configured, else the current directory.
-            root = self.config.get("ServerApp", {}).get("root_dir")
-            if root:
-                self.manager.project_dirs = [os.path.expanduser(str(root))]
 
     @property
     def nix_option(self) -> str | None:
@@ -301,7 +296,7 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 "has_shell_hook": bool(entry and entry.get("rc")),
             }
         else:
-            info["cache"] = {"state": "-", "note": "no Nix environment to cache"}
+            info["cache"] = {"state": NONE, "note": "no Nix environment to cache"}
         if self.show_env:
             if source is not None and (entry is None or info["cache"]["state"] == NONE):
                 info["env"] = None

@@ -129,8 +129,12 @@ class NixKernelSpecManager(KernelSpecManager):
 
     @default("project_dirs")
     def _default_project_dirs(self) -> list[str]:
-        root = getattr(self.parent, "root_dir", None)
-        return [os.path.expanduser(root) if root else os.getcwd()]
+        # The server's root directory: the ServerApp's own, or (for the command line, which
+        # reads the same configuration files) c.ServerApp.root_dir; else the current directory.
+        root = getattr(self.parent, "root_dir", None) or self.config.get("ServerApp", {}).get(
+            "root_dir"
+        )
+        return [os.path.expanduser(str(root)) if root else os.getcwd()]
 
     @default("cache_dir")
     def _default_cache_dir(self) -> str:

@@ -79,3 +79,23 @@ def test_list_reads_project_dirs_from_jupyter_server_config(tmp_path):
     assert [(r["kind"], Path(r["project"]).name, r["cache"]) for r in rows] == [
         ("venv", "tool", "none")
     ]
+
+
+def test_list_defaults_to_the_servers_root_dir(tmp_path):
+    """With neither DIR nor project_dirs, the command searches c.ServerApp.root_dir, as the
+    server does, not the current directory."""
+    root = tmp_path / "notebooks"
+    (root / "api").mkdir(parents=True)
+    (root / "api" / "shell.nix").write_text("{}\n")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text(f"c.ServerApp.root_dir = {str(root)!r}\n")
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(config),
+        "NIXKERNEL_CACHE_DIR": str(tmp_path / "c"),
+    }
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    rows = json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
+    assert [r["project"] for r in rows] == [str(root / "api")]
