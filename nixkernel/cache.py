@@ -60,6 +60,8 @@ class Resolved:
     """``"fresh"`` (cache hit or new evaluation) or ``"stale"`` (re-evaluation failed)."""
     evaluated: bool = False
     """Nix ran for this launch."""
+    seconds: float = 0.0
+    """How long the evaluation took, when Nix ran."""
     warning: str = ""
 
 
@@ -300,11 +302,38 @@ class EnvironmentCache:
                 if nix_path is None:
                     nix.find_nix(nix_executable)  # raises the actionable "not found" error
                 assert nix_path is not None
-                return Resolved(self.evaluate(source, nix_path, on_line), FRESH, evaluated=True)
+                started = time.monotonic()
+                entry = self.evaluate(source, nix_path, on_line)
+                return Resolved(entry, FRESH, True, time.monotonic() - started)
             except nix.NixKernelError as exc:
                 if state == STALE and allow_stale and entry is not None:
                     return Resolved(entry, STALE, warning=_stale_warning(source, entry, exc))
                 raise
+
+    def ensure_all(
+        self,
+        sources: list[NixSource],
+        nix_executable: str | None = None,
+        jobs: int = 2,
+        allow_stale: bool = True,
+        on_line: Callable[[NixSource, str], None] | None = None,
+    ) -> Iterator[tuple[NixSource, Resolved | Exception]]:
+        """:meth:`ensure` each of ``sources``, ``jobs`` at a time (warming the cache ahead of
+        kernel starts), yielding each as it completes with its result or the error that stopped
+        it: one failure does not stop the others."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        def one(source: NixSource) -> Resolved:
+            relay = (lambda line: on_line(source, line)) if on_line else None
+            return self.ensure(source, nix_executable, allow_stale, relay)
+
+        with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="nixkernel-warm") as pool:
+            futures = {pool.submit(one, source): source for source in sources}
+            for future in as_completed(futures):
+                try:
+                    yield futures[future], future.result()
+                except Exception as exc:  # reported to the caller, with the others going on
+                    yield futures[future], exc
 
     def clean(self, slot: str) -> None:
         """Remove a slot: its entry and its GC roots (the store paths become collectable)."""

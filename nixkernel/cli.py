@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -430,41 +429,37 @@ jupyter nixkernel warm nix-api-flake-0123456789
         return jobs
 
     def run(self, jobs: list[tuple[str, NixSource]]) -> list[tuple[str, str]]:
-        """Evaluate ``jobs`` on a thread pool, printing progress; returns the failures."""
+        """Evaluate ``jobs`` several at once, printing progress; returns the failures."""
         assert self.manager is not None
-        cache, nix_option = self.manager.cache, self.nix_option
+        names = {source: name for name, source in jobs}
         lock = threading.Lock()
 
-        def say(text: str, stream: Any = sys.stdout) -> None:
-            with lock:
-                print(text, file=stream, flush=True)
-
-        def warm(name: str, source: NixSource) -> str:
-            started = time.monotonic()
-            resolved = cache.ensure(
-                source,
-                nix_option,
-                allow_stale=False,
-                on_line=lambda line: say(f"  [{name}] {line}"),
-            )
-            took = time.monotonic() - started
-            return f"evaluated in {took:.1f} s" if resolved.evaluated else "already cached"
+        def say(text: str) -> None:
+            with lock:  # Nix's lines come from several threads at once
+                print(text, flush=True)
 
         failures: list[tuple[str, str]] = []
-        done = 0
-        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
-            futures = {pool.submit(warm, name, source): name for name, source in jobs}
-            for future in as_completed(futures):
-                name = futures[future]
-                done += 1
-                try:
-                    say(f"[{done}/{len(jobs)}] {name} ... ok ({future.result()})")
-                except nix.NixKernelError as exc:
-                    failures.append((name, str(exc)))
-                    say(f"[{done}/{len(jobs)}] {name} ... FAILED: {exc.message}")
-                except Exception as exc:  # a bug of ours: report it, keep warming the others
-                    failures.append((name, f"{type(exc).__name__}: {exc}"))
-                    say(f"[{done}/{len(jobs)}] {name} ... FAILED: {type(exc).__name__}: {exc}")
+        results = self.manager.cache.ensure_all(
+            [source for _, source in jobs],
+            self.nix_option,
+            jobs=self.jobs,
+            allow_stale=False,
+            on_line=lambda source, line: say(f"  [{names[source]}] {line}"),
+        )
+        for done, (source, result) in enumerate(results, start=1):
+            name = names[source]
+            if isinstance(result, nix.NixKernelError):
+                failures.append((name, str(result)))
+                say(f"[{done}/{len(jobs)}] {name} ... FAILED: {result.message}")
+            elif isinstance(result, Exception):  # a bug of ours: report it, warm the others
+                reason = f"{type(result).__name__}: {result}"
+                failures.append((name, reason))
+                say(f"[{done}/{len(jobs)}] {name} ... FAILED: {reason}")
+            else:
+                what = (
+                    f"evaluated in {result.seconds:.1f} s" if result.evaluated else "already cached"
+                )
+                say(f"[{done}/{len(jobs)}] {name} ... ok ({what})")
         return failures
 
 

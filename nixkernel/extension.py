@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -161,18 +160,16 @@ def warm_environments(
         WARM_WORKERS,
     )
 
-    def warm(source: NixSource) -> str:
-        try:
-            resolved = cache.ensure(source, nix_executable, allow_stale=manager.stale_fallback)
-        except nix.NixKernelError as exc:
-            return f"failed: {exc.message}"
-        return "stale" if resolved.state == STALE else "evaluated"
-
     outcomes: dict[str, str] = {}
-    with ThreadPoolExecutor(WARM_WORKERS, thread_name_prefix="nixkernel-warm") as pool:
-        for source, outcome in zip(todo, pool.map(warm, todo), strict=True):
-            outcomes[source.describe()] = outcome
-            log("nixkernel: warmed %s: %s", source.describe(), outcome)
+    for source, result in cache.ensure_all(
+        todo, nix_executable, jobs=WARM_WORKERS, allow_stale=manager.stale_fallback
+    ):
+        if isinstance(result, Exception):
+            outcome = f"failed: {getattr(result, 'message', result)}"
+        else:
+            outcome = "stale" if result.state == STALE else "evaluated"
+        outcomes[source.describe()] = outcome
+        log("nixkernel: warmed %s: %s", source.describe(), outcome)
     return outcomes
 
 
