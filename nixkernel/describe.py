@@ -155,14 +155,23 @@ def kernel_name(project: str, kind: str, shell: str | None = None) -> str:
     return NAME_PREFIX + "-".join(parts) + "-" + digest
 
 
-def venv_flavor(venv: str) -> str:
-    """Who made the virtualenv: ``"uv"``, ``"poetry"`` or ``""`` (plain venv / virtualenv)."""
+def pyvenv_cfg(venv: str) -> dict[str, str]:
+    """The ``key = value`` settings of a virtualenv's ``pyvenv.cfg`` (empty if unreadable)."""
+    settings: dict[str, str] = {}
     try:
         with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8", errors="replace") as f:
-            cfg = f.read()
+            for line in f:
+                key, sep, value = line.partition("=")
+                if sep:
+                    settings[key.strip()] = value.strip()
     except OSError:
-        return ""
-    if re.search(r"^\s*uv\s*=", cfg, re.MULTILINE):
+        pass
+    return settings
+
+
+def venv_flavor(venv: str) -> str:
+    """Who made the virtualenv: ``"uv"``, ``"poetry"`` or ``""`` (plain venv / virtualenv)."""
+    if "uv" in pyvenv_cfg(venv):
         return "uv"
     project = os.path.dirname(venv)
     if os.path.exists(os.path.join(project, "poetry.lock")):

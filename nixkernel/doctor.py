@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import nix
-from .describe import KIND_AUTO, KIND_FLAKE, KIND_SHELL_NIX, KernelTarget
+from .describe import KIND_AUTO, KIND_FLAKE, KIND_SHELL_NIX, KernelTarget, pyvenv_cfg
 from .environment import kernel_environment
 from .launch import find_python, ipykernel_hint, target_source
 
@@ -203,23 +203,10 @@ def check_nix_ld(machine: Machine) -> Check | None:
 # -- projects ---------------------------------------------------------------------------------
 
 
-def read_pyvenv_home(venv: str) -> str | None:
-    """``home`` in a virtualenv's ``pyvenv.cfg``: the directory of the Python it was made with."""
-    try:
-        with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition("=")
-                if sep and key.strip() == "home":
-                    return value.strip()
-    except OSError:
-        return None
-    return None
-
-
 def check_venv_interpreter(venv: str, machine: Machine, project: str = "") -> Check | None:
     """A virtualenv made with a downloaded interpreter (uv's python-build-standalone builds),
     which NixOS can only run with nix-ld."""
-    home = read_pyvenv_home(venv)
+    home = pyvenv_cfg(venv).get("home")
     if home is None:
         return None
     real = os.path.realpath(home)
