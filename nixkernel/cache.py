@@ -204,10 +204,7 @@ class EnvironmentCache:
         self, source: NixSource, nix_executable: str | None = None
     ) -> tuple[str, dict | None]:
         """The state and entry of ``source``'s slot, without evaluating anything."""
-        try:
-            nix_path: str | None = nix.find_nix(nix_executable)
-        except nix.NixNotFoundError:
-            nix_path = None
+        nix_path = _nix_or_none(nix_executable)
         entry = self.load(self.slot(source))
         return self.state(entry, source, nix_path), entry
 
@@ -285,10 +282,7 @@ class EnvironmentCache:
         (once, under the slot's lock, however many launchers ask at the same time). If the
         evaluation fails and ``allow_stale``, the previous environment, with a warning."""
         slot = self.slot(source)
-        try:
-            nix_path: str | None = nix.find_nix(nix_executable)
-        except nix.NixNotFoundError:
-            nix_path = None
+        nix_path = _nix_or_none(nix_executable)
         entry = self.load(slot)
         if self.state(entry, source, nix_path) == FRESH:
             return Resolved(entry, FRESH)  # type: ignore[arg-type]
@@ -382,6 +376,14 @@ class EnvironmentCache:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"stamp": self._flake_stamp(project), "names": names}, f)
         os.replace(tmp, path)
+
+
+def _nix_or_none(nix_executable: str | None) -> str | None:
+    """The nix to use, or None: a cached environment can be checked and used without Nix."""
+    try:
+        return nix.find_nix(nix_executable)
+    except nix.NixNotFoundError:
+        return None
 
 
 def _profile_target(slot: str) -> str | None:
