@@ -12,7 +12,8 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 # c.ServerApp.kernel_spec_manager_class = "nixkernel.kernelspec.NixKernelSpecManager"
 
 ## Directories searched for projects (flake.nix, shell.nix, .venv). Default: the Jupyter server's
-## root directory (outside the server: the current directory).
+## root directory (outside the server: c.ServerApp.root_dir if configured, else the current
+## directory).
 ## Type: List. Default: computed, see above.
 # c.NixKernelSpecManager.project_dirs = ["~/projects", "~/work"]
 

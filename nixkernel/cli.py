@@ -144,9 +144,10 @@ class NixKernelSubcommand(JupyterApp):
 class ListApp(NixKernelSubcommand):
     name = "jupyter-nixkernel-list"
     description = """List the kernels nixkernel offers: one per flake devShell, shell.nix and
-    virtualenv found under DIR... (default: c.NixKernelSpecManager.project_dirs, else the current
-    directory). The CACHE column says whether the environment is evaluated and current (fresh),
-    evaluated but its Nix files changed since (stale), or not evaluated (none)."""
+    virtualenv found under DIR... (default: c.NixKernelSpecManager.project_dirs, else
+    c.ServerApp.root_dir, else the current directory). The CACHE column says whether the
+    environment is evaluated and current (fresh), evaluated but its Nix files changed since
+    (stale), or not evaluated (none)."""
     examples = """
 jupyter nixkernel list
 jupyter nixkernel list --json ~/projects
@@ -710,10 +711,10 @@ def describe_slot(slot: str) -> str:
 class DoctorApp(NixKernelSubcommand):
     name = "jupyter-nixkernel-doctor"
     description = """Check this machine and each project under DIR... (default: the configured
-    project_dirs, else the current directory) for what keeps kernels from starting: Nix and
-    its features, <nixpkgs>, nix-ld on NixOS, flake files git does not track, virtualenvs made
-    with a downloaded Python, ipykernel in each evaluated environment. Each problem comes with
-    its fix. Exit status 1 if any check FAILs."""
+    project_dirs, else the server's root_dir, else the current directory) for what keeps
+    kernels from starting: Nix and its features, <nixpkgs>, nix-ld on NixOS, flake files git
+    does not track, virtualenvs made with a downloaded Python, ipykernel in each evaluated
+    environment. Each problem comes with its fix. Exit status 1 if any check FAILs."""
     examples = """
 jupyter nixkernel doctor
 jupyter nixkernel doctor ~/projects/api --json

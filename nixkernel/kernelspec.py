@@ -48,8 +48,8 @@ class NixKernelSpecManager(KernelSpecManager):
     project_dirs = List(
         Unicode(),
         help="""Directories searched for projects (flake.nix, shell.nix, .venv).
-        Default: the Jupyter server's root directory (outside the server: the current
-        directory).""",
+        Default: the Jupyter server's root directory (outside the server: c.ServerApp.root_dir
+        if configured, else the current directory).""",
     ).tag(config=True)
 
     max_depth = Int(
