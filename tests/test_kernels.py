@@ -207,13 +207,15 @@ def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
     project = write_flake(projects / "interruptible")  # DEFAULT_SHELL has a shellHook
     manager = manager_factory(project_dirs=[str(projects)])
     with running_kernel(manager, kernel_named(manager, "flake"), project) as (km, kc):
-        msg_id = kc.execute("import time\nfor _ in range(600): time.sleep(0.1)")
-        # Interrupt once the cell is running (its busy status), not after a guessed delay.
+        msg_id = kc.execute("import time\nprint('running', flush=True)\ntime.sleep(600)")
+        # Interrupt once the cell's own code prints, not at its busy status: ipykernel publishes
+        # busy before it runs the cell, and a SIGINT in that window is swallowed with no reply.
         while True:
             msg = kc.get_iopub_msg(timeout=30)
             if (
                 msg["parent_header"].get("msg_id") == msg_id
-                and msg["content"].get("execution_state") == "busy"
+                and msg["msg_type"] == "stream"
+                and "running" in msg["content"]["text"]
             ):
                 break
         km.interrupt_kernel()
