@@ -28,8 +28,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 from . import environment, nix
 from .describe import NixSource, current_system, slugify
@@ -51,8 +51,7 @@ MAX_LIVENESS_CHECKS = 256
 _STORE_PATH = re.compile(r"/nix/store/[0-9a-z]{32}-[^/:\s'\"]+")
 
 
-@dataclass
-class Resolved:
+class Resolved(NamedTuple):
     """An environment ready to launch."""
 
     entry: dict
@@ -104,7 +103,7 @@ def watched_inputs(source: NixSource) -> list[str]:
     return sorted(files)
 
 
-def _evaluated_inputs(evaluated_files: list[str]) -> list[str]:
+def _evaluated_inputs(evaluated_files: Iterable[str]) -> list[str]:
     """Files a non-flake evaluation read, outside the store. A file reached through a link into
     the store (a channel's nixpkgs) is represented by that link, once: its target is immutable."""
     result: set[str] = set()

@@ -16,7 +16,7 @@ import os
 import re
 import struct
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .discovery import Project
 
@@ -39,8 +39,7 @@ def current_system() -> str:
     return f"{machine}-{uname.sysname.lower()}"
 
 
-@dataclass(frozen=True)
-class NixSource:
+class NixSource(NamedTuple):
     """A Nix expression that yields a dev shell: a flake output or a Nix file."""
 
     kind: str
@@ -100,8 +99,7 @@ class NixSource:
         return cls.flake_shell(path, "default", system)
 
 
-@dataclass(frozen=True)
-class KernelTarget:
+class KernelTarget(NamedTuple):
     """One kernel: an environment of one project."""
 
     name: str

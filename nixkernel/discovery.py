@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: Directory names never descended into.
 PRUNED_NAMES = frozenset({".git", ".hg", ".svn", "node_modules", ".direnv", "__pycache__"})
@@ -21,8 +21,7 @@ PRUNED_NAMES = frozenset({".git", ".hg", ".svn", "node_modules", ".direnv", "__p
 VENV_DIR = ".venv"
 
 
-@dataclass(frozen=True)
-class Project:
+class Project(NamedTuple):
     """A directory that offers at least one environment."""
 
     path: str

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import environment, nix
 from .cache import STALE, EnvironmentCache
@@ -40,8 +40,7 @@ BOOT_SCRIPT = os.path.join(
 )
 
 
-@dataclass
-class Launch:
+class Launch(NamedTuple):
     """What to exec: ``executable`` with ``argv`` in ``env``."""
 
     executable: str
@@ -53,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m nixkernel.launch",
         description="Start an ipykernel inside a project's Nix / virtualenv environment.",
+        # A fixed width: argparse otherwise imports shutil to ask the terminal's, on every
+        # kernel start, for help text that is almost never printed.
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
     )
     parser.add_argument("--kind", choices=KINDS, required=True)
     parser.add_argument("--project", help="project directory (not needed for --kind auto)")

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .describe import NixSource
 from .environment import which
@@ -52,13 +52,12 @@ class NixEvaluationError(NixKernelError):
     pass
 
 
-@dataclass
-class DevEnv:
+class DevEnv(NamedTuple):
     """The result of ``nix print-dev-env --json``."""
 
     data: dict
     """The JSON document: ``variables`` and ``bashFunctions``."""
-    evaluated_files: list[str] = field(default_factory=list)
+    evaluated_files: tuple[str, ...] = ()
     """Files the evaluation read, from ``-vv`` (``evaluating file '...'``)."""
 
 
@@ -265,7 +264,7 @@ def print_dev_env(
         match = _EVALUATING.match(line.strip())
         if match:
             evaluated.append(match.group(1))
-    return DevEnv(data=data, evaluated_files=evaluated)
+    return DevEnv(data=data, evaluated_files=tuple(evaluated))
 
 
 def flake_shell_names(
