@@ -184,18 +184,20 @@ class NixKernelSpecManager(KernelSpecManager):
         """A get_all_specs() entry. Under a server it is also the REST model itself (``name``,
         ``spec``, ``resources``): jupyter_server then uses it as is, instead of building each
         model on a worker thread with a glob of the resource directory (a thread hop and a glob
-        per kernel, ~0.3 ms each: a third of a second on every poll of 1,000 kernels)."""
-        entry: dict[str, Any] = {"resource_dir": RESOURCES, "spec": self.spec_dict(target)}
+        per kernel, ~0.3 ms each: a third of a second on every poll of 1,000 kernels). The
+        model has no ``resource_dir``, as a gateway's have none: it would only send a server
+        path to every client, in every poll."""
+        spec = self.spec_dict(target)
         base_url = getattr(self.parent, "base_url", None)
-        if isinstance(base_url, str):
-            from jupyter_server.utils import url_path_join
+        if not isinstance(base_url, str):
+            return {"resource_dir": RESOURCES, "spec": spec}
+        from jupyter_server.utils import url_path_join
 
-            entry["name"] = name
-            entry["resources"] = {
-                os.path.splitext(logo)[0]: url_path_join(base_url, "kernelspecs", name, logo)
-                for logo in LOGOS
-            }
-        return entry
+        resources = {
+            os.path.splitext(logo)[0]: url_path_join(base_url, "kernelspecs", name, logo)
+            for logo in LOGOS
+        }
+        return {"name": name, "spec": spec, "resources": resources}
 
     def targets(self) -> list[KernelTarget]:
         """The discovered kernels (scanning first if nothing was scanned yet)."""

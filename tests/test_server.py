@@ -28,7 +28,7 @@ from traitlets.config import Config
 from nixkernel import extension
 from nixkernel.cache import FRESH
 from nixkernel.describe import PROJECT_KERNEL_NAME
-from nixkernel.kernelspec import NixKernelSpecManager
+from nixkernel.kernelspec import RESOURCES, NixKernelSpecManager
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO / "jupyter-config" / "jupyter_server_config.d" / "nixkernel.json"
@@ -497,11 +497,12 @@ async def test_listing_hands_the_server_ready_models(jp_fetch, root_projects, ma
     for name in ours:
         model = listing["kernelspecs"][name]
         assert model["name"] == name
+        assert "resource_dir" not in model  # no server path in the REST model
         expected = original(
             type("H", (), {"base_url": manager.parent.base_url})(),
             name,
             model["spec"],
-            model["resource_dir"],
+            RESOURCES,
         )
         assert model["resources"] == expected["resources"]
 
