@@ -35,9 +35,9 @@ from .nix import NixKernelError, log
 
 MODE_CACHED, MODE_DIRECT = "cached", "direct"
 
-BOOT_SCRIPT = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "boot", "ipykernel_launcher.py"
-)
+_BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
+BOOT_SCRIPT = os.path.join(_BOOT, "ipykernel_launcher.py")
+FALLBACK_SCRIPT = os.path.join(_BOOT, "fallback.py")
 
 
 class Launch(NamedTuple):
@@ -216,7 +216,7 @@ def plan_direct(
 
 def fallback(message: str, connection_file: str) -> Launch:
     """Exec plan for the fallback kernel, in the server's own Python and environment."""
-    argv = [sys.executable, "-m", "nixkernel.fallback", "--message", message, "-f", connection_file]
+    argv = [sys.executable, FALLBACK_SCRIPT, "--message", message, "-f", connection_file]
     return Launch(sys.executable, argv, dict(os.environ))
 
 

@@ -77,12 +77,20 @@ def test_flake_file_git_does_not_track(nix, projects, manager_factory, kernel_ru
 
 
 def test_environment_without_ipykernel(nix, projects, manager_factory, kernel_runner, tmp_path):
+    """The fallback kernel still starts in the server's Python when the project's environment
+    has a PYTHONPATH for its own Python and the notebook's folder has a module named like one
+    the fallback imports: neither reaches the server's Python."""
     bare = tmp_path / "bare-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     python = Raw(
         f'(mini.hostWrapper "python" [ {{ name = "python3"; target = "{bare}/bin/python3"; }} ])'
     )
-    project = write_shell_nix(projects / "noipy", {**DEFAULT_SHELL, "packages": [python]})
+    poisoned = tmp_path / "project-site-packages"
+    (poisoned / "traitlets").mkdir(parents=True)
+    (poisoned / "traitlets" / "__init__.py").write_text("raise ImportError('poisoned')\n")
+    shell = {**DEFAULT_SHELL, "packages": [python], "PYTHONPATH": str(poisoned)}
+    project = write_shell_nix(projects / "noipy", shell)
+    (project / "zmq.py").write_text("raise ImportError('shadowed')\n")
     text = start_failing(manager_factory(project_dirs=[str(projects)]), project, kernel_runner)
     assert "cannot import ipykernel" in text and "ps.ipykernel" in text
 

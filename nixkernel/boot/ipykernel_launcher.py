@@ -24,9 +24,8 @@ except ImportError as exc:
         "This environment's Python (%s) cannot import ipykernel, which Jupyter kernels need: "
         "%s\n\nHow to fix it: %s, then restart the kernel." % (sys.executable, exc, _hint)
     )
-    os.execv(
-        _fallback_python,
-        [_fallback_python, "-I", "-m", "nixkernel.fallback", "--message", message] + sys.argv[1:],
-    )
+    # -E: this environment's PYTHONPATH and PYTHONHOME are for the project's Python.
+    _boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fallback.py")
+    os.execv(_fallback_python, [_fallback_python, "-E", _boot, "--message", message] + sys.argv[1:])
 
 kernelapp.launch_new_instance()
