@@ -29,8 +29,14 @@ OK, WARN, FAIL = "OK", "WARN", "FAIL"
 
 #: The oldest Nix with ``nix print-dev-env --json``.
 MIN_NIX_VERSION = (2, 4)
-#: The dynamic loader every downloaded Linux binary asks for; NixOS has it only with nix-ld.
-FHS_LOADER = "/lib64/ld-linux-x86-64.so.2"
+#: The program loader downloaded Linux binaries ask for, by machine; NixOS has none without
+#: nix-ld.
+FHS_LOADERS = {
+    "x86_64": "/lib64/ld-linux-x86-64.so.2",
+    "aarch64": "/lib/ld-linux-aarch64.so.1",
+    "i686": "/lib/ld-linux.so.2",
+    "riscv64": "/lib/ld-linux-riscv64-lp64d.so.1",
+}
 NIX_LD_FIX = (
     "Enable nix-ld in your NixOS configuration (`programs.nix-ld.enable = true;`, then "
     "`sudo nixos-rebuild switch` and log in again)"
@@ -66,11 +72,19 @@ class Machine:
     """A loader for foreign (FHS) binaries is present: nix-ld's NIX_LD, or the FHS loader."""
 
     @classmethod
-    def detect(cls, environ: Mapping[str, str] | None = None, root: str = "/") -> Machine:
+    def detect(
+        cls, environ: Mapping[str, str] | None = None, root: str = "/", arch: str | None = None
+    ) -> Machine:
         environ = os.environ if environ is None else environ
         nixos = os.path.exists(os.path.join(root, "etc/NIXOS"))
-        loader = os.path.exists(os.path.join(root, FHS_LOADER.lstrip("/")))
+        loader = os.path.exists(os.path.join(root, fhs_loader(arch).lstrip("/")))
         return cls(nixos=nixos, nix_ld=bool(environ.get("NIX_LD")) or loader)
+
+
+def fhs_loader(arch: str | None = None) -> str:
+    """The loader a downloaded binary for ``arch`` (default: this machine's) asks for."""
+    arch = arch or os.uname().machine
+    return FHS_LOADERS.get(arch, FHS_LOADERS["x86_64"])
 
 
 def _run(argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -195,7 +209,7 @@ def check_nix_ld(machine: Machine) -> Check | None:
     return Check(
         WARN,
         "NixOS without nix-ld (NIX_LD is unset and there is no "
-        f"{FHS_LOADER}): downloaded Pythons and binary wheels cannot run.",
+        f"{fhs_loader()}): downloaded Pythons and binary wheels cannot run.",
         NIX_LD_FIX + ", or use only Nix-provided Pythons.",
     )
 

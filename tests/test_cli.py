@@ -353,7 +353,12 @@ def test_machine_detection_reads_nixos_marker_and_nix_ld(tmp_path):
                                  root=str(tmp_path)) == doctor.Machine(True, True)  # fmt: skip
     (tmp_path / "lib64").mkdir()
     (tmp_path / "lib64" / "ld-linux-x86-64.so.2").write_text("")
-    assert doctor.Machine.detect({}, root=str(tmp_path)).nix_ld
+    assert doctor.Machine.detect({}, root=str(tmp_path), arch="x86_64").nix_ld
+    # Each machine has its own loader name: the x86-64 one proves nothing on an ARM machine.
+    assert not doctor.Machine.detect({}, root=str(tmp_path), arch="aarch64").nix_ld
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "ld-linux-aarch64.so.1").write_text("")
+    assert doctor.Machine.detect({}, root=str(tmp_path), arch="aarch64").nix_ld
 
 
 def test_nix_feature_and_nixpkgs_checks_read_the_real_nix(nix, monkeypatch, tmp_path):
