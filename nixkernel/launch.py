@@ -157,6 +157,9 @@ def plan_cached(
     kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
     if not rc:
         return Launch(python, kernel, env)
+    if not target.venv:
+        # The boot script switches to the python3 the shellHook leaves first on PATH, if other.
+        env["NIXKERNEL_PYTHON_BEFORE_HOOK"] = python
     bash = environment.which("bash", env.get("PATH")) or environment.which("bash")
     if bash is None:
         raise NixKernelError(

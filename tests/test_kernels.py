@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from conftest import running_kernel
@@ -61,6 +62,26 @@ def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, 
     assert info["HOME"] == os.environ.get("HOME")
     assert info["NIX_BUILD_TOP"] is None
     assert not (info["TMPDIR"] or "").startswith("/tmp/nix-build-")
+
+
+def test_python_the_shellhook_puts_first_on_path_runs_the_kernel(
+    nix, projects, manager_factory, kernel_runner, tmp_path
+):
+    """A shellHook that activates another Python (a virtualenv it makes, say) chooses the
+    kernel's Python, as `nix develop -c python3` runs the python3 found after the hook."""
+    hook_bin = tmp_path / "hook-bin"
+    hook_bin.mkdir()
+    (hook_bin / "python3").write_text(
+        f'#!/bin/sh\nexport PYTHON_CHOSEN_BY=hook\nexec {sys.executable} "$@"\n'
+    )
+    (hook_bin / "python3").chmod(0o755)
+    shell = {**DEFAULT_SHELL, "shellHook": f'export PATH={hook_bin}:"$PATH"'}
+    project = write_flake(projects / "activates", {"default": shell})
+    manager = manager_factory(project_dirs=[str(projects)])
+    code = "import os, shutil; print(os.environ.get('PYTHON_CHOSEN_BY'), shutil.which('python3'))"
+    run = kernel_runner(manager, kernel_named(manager, "flake"), code, cwd=project)
+    assert not run.errors, run.error_text
+    assert run.stdout.split() == ["hook", str(hook_bin / "python3")]
 
 
 def test_second_devshell_gets_its_own_kernel(nix, projects, manager_factory, kernel_runner):

@@ -12,6 +12,18 @@ import sys
 # sys.path[0] is this directory: nothing in it may shadow the kernel's imports.
 del sys.path[0]
 
+# The launcher picked this Python from the shell's PATH before the shellHook ran. If the hook
+# put another python3 first (a virtualenv it activates), that one is the kernel's, as it is
+# for `nix develop -c python3`.
+_before_hook = os.environ.pop("NIXKERNEL_PYTHON_BEFORE_HOOK", "")
+if _before_hook:
+    for _directory in os.environ.get("PATH", "").split(":"):
+        _candidate = os.path.join(_directory, "python3")
+        if _directory and os.path.isfile(_candidate) and os.access(_candidate, os.X_OK):
+            if _candidate != _before_hook:
+                os.execv(_candidate, [_candidate, os.path.abspath(__file__)] + sys.argv[1:])
+            break
+
 _fallback_python = os.environ.pop("NIXKERNEL_FALLBACK_PYTHON", "")
 _hint = os.environ.pop("NIXKERNEL_IPYKERNEL_HINT", "add ipykernel to this environment")
 
