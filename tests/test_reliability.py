@@ -128,7 +128,7 @@ def plan(manager, name: str) -> launch.Launch:
 
 
 def is_fallback(plan_: launch.Launch) -> bool:
-    return "nixkernel.fallback" in plan_.argv
+    return launch.FALLBACK_SCRIPT in plan_.argv
 
 
 def slot_of(manager, name: str) -> Path:
