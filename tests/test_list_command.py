@@ -21,6 +21,22 @@ def nixkernel(
     )  # fmt: skip
 
 
+def list_without_dirs(tmp_path: Path, server_config: str) -> list[dict]:
+    """`list --json` with no DIR, run from an empty directory, with ``server_config`` as the
+    user's jupyter_server_config.py."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text(server_config)
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(config),
+        "NIXKERNEL_CACHE_DIR": str(tmp_path / "c"),
+    }
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
+
+
 def test_list_json_reports_projects_and_cache_state(nix, projects, tmp_path, kernel_runner):
     flake = write_flake(projects / "api")
     legacy = write_shell_nix(projects / "nested" / "legacy")
@@ -63,19 +79,9 @@ def test_list_reads_project_dirs_from_jupyter_server_config(tmp_path):
     """With no DIR, the command uses c.NixKernelSpecManager.project_dirs, as the server does."""
     (tmp_path / "elsewhere" / "tool" / ".venv").mkdir(parents=True)
     (tmp_path / "elsewhere" / "tool" / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "jupyter_server_config.py").write_text(
-        f"c.NixKernelSpecManager.project_dirs = [{str(tmp_path / 'elsewhere')!r}]\n"
+    rows = list_without_dirs(
+        tmp_path, f"c.NixKernelSpecManager.project_dirs = [{str(tmp_path / 'elsewhere')!r}]\n"
     )
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(config),
-        "NIXKERNEL_CACHE_DIR": str(tmp_path / "c"),
-    }
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    rows = json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
     assert [(r["kind"], Path(r["project"]).name, r["cache"]) for r in rows] == [
         ("venv", "tool", "none")
     ]
@@ -87,15 +93,5 @@ def test_list_defaults_to_the_servers_root_dir(tmp_path):
     root = tmp_path / "notebooks"
     (root / "api").mkdir(parents=True)
     (root / "api" / "shell.nix").write_text("{}\n")
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "jupyter_server_config.py").write_text(f"c.ServerApp.root_dir = {str(root)!r}\n")
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(config),
-        "NIXKERNEL_CACHE_DIR": str(tmp_path / "c"),
-    }
-    cwd = tmp_path / "elsewhere"
-    cwd.mkdir()
-    rows = json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
+    rows = list_without_dirs(tmp_path, f"c.ServerApp.root_dir = {str(root)!r}\n")
     assert [r["project"] for r in rows] == [str(root / "api")]
