@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from . import nix
@@ -55,12 +55,7 @@ class Check:
     """The project directory the check is about, or "" for the machine."""
 
     def as_dict(self) -> dict[str, str]:
-        return {
-            "status": self.status,
-            "message": self.message,
-            "fix": self.fix,
-            "subject": self.subject,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ del sys.path[0]
 
 # The launcher picked this Python from the shell's PATH before the shellHook ran. If the hook
 # put another python3 first (a virtualenv it activates), that one is the kernel's, as it is
-# for `nix develop -c python3`.
+# for `nix develop -c python3`. (A PATH search by hand: nixkernel is not importable here.)
 _before_hook = os.environ.pop("NIXKERNEL_PYTHON_BEFORE_HOOK", "")
 if _before_hook:
     for _directory in os.environ.get("PATH", "").split(":"):
