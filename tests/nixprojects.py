@@ -45,12 +45,17 @@ def nix_value(value: object) -> str:
     raise TypeError(value)
 
 
+def python_package(interpreter: str) -> Raw:
+    """A store package whose bin/python3 runs ``interpreter``, as nixpkgs wraps Python."""
+    return Raw(
+        '(mini.hostWrapper "python" [ { name = "python3"; target = '
+        + nix_value(interpreter)
+        + "; } ])"
+    )
+
+
 #: A store package whose bin/python3 runs this test run's Python (which has ipykernel).
-PYTHON = Raw(
-    '(mini.hostWrapper "python" [ { name = "python3"; target = '
-    + nix_value(sys.executable)
-    + "; } ])"
-)
+PYTHON = python_package(sys.executable)
 
 DEFAULT_SHELL = {
     "GREETING": "hello from the dev shell",
