@@ -208,7 +208,11 @@ def startup_variants(work: Path, flake: Path, shell: Path, cache_dir: Path) -> d
 def bench_startup(work: Path, label: str, let: str, extra: dict, reps: int) -> list[dict]:
     flake, shell = make_shells(work, label, let, extra)
     cache_dir = work / f"cache-{label}"
-    variants = startup_variants(work, flake, shell, cache_dir)
+    return run_variants(startup_variants(work, flake, shell, cache_dir), work, label, reps)
+
+
+def run_variants(variants: dict[str, Variant], work: Path, label: str, reps: int) -> list[dict]:
+    """Time each variant ``reps`` times, interleaved; the first variant is the floor."""
     # Warm-up: build everything once and fill the cache, outside the measurements.
     for v in variants.values():
         time_kernel(v.argv, work / "conn.json", v.cwd, v.env)
@@ -234,6 +238,85 @@ def bench_startup(work: Path, label: str, let: str, extra: dict, reps: int) -> l
                 "runs": len(values),
             }
         )
+    return rows
+
+
+# -- Nix versions ----------------------------------------------------------------------------
+
+#: Where the test suite's newer Nix versions live (tools/newer-nix.sh); the system's is on PATH.
+NIX_PREFIXES = {"2.26": "/opt/nix-2.26/bin", "2.34": "/opt/nix-2.34/bin"}
+
+
+def installed_nix_versions() -> dict[str, str]:
+    """Nix version -> its bin directory: the system's (found on PATH) and /opt's."""
+    found = {}
+    system = shutil.which("nix")
+    if system:
+        out = subprocess.run([system, "--version"], capture_output=True, text=True).stdout
+        found[".".join(re.findall(r"\d+", out)[:2])] = os.path.dirname(system)
+    for version, directory in NIX_PREFIXES.items():
+        if os.access(os.path.join(directory, "nix"), os.X_OK):
+            found.setdefault(version, directory)
+    return found
+
+
+def version_variants(work: Path, flake: Path, shell: Path, cache_dir: Path) -> dict[str, Variant]:
+    """Warm nixkernel against `nix develop -c` on a clean and a dirty git tree, and nix-shell."""
+    manager = NixKernelSpecManager(
+        project_dirs=[str(flake)], cache_dir=str(cache_dir), keep_native_kernels=False
+    )
+    target = next(t for t in manager.refresh() if t.kind == "flake")
+    resolved = manager.cache.ensure(target.nix_source())
+    shell_env = environment.kernel_environment(resolved.entry["variables"], os.environ)
+    notes = flake / "analysis.py"
+    notes.write_text("edits = 0\n")
+    git = ["git", "-C", str(flake), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "bench"], check=True)
+    # A second checkout of the same flake, never committed again: its tree stays dirty, the way
+    # a project under work is. Each run edits a tracked file that is not a Nix input.
+    dirty = work / f"{flake.name}-dirty"
+    subprocess.run(["git", "clone", "-q", str(flake), str(dirty)], check=True)
+    counter = [0]
+
+    def edit_tracked_file() -> None:
+        counter[0] += 1
+        (dirty / "analysis.py").write_text(f"edits = {counter[0]}\n")
+
+    edit_tracked_file()
+    kernel = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    script = "exec python3 -m ipykernel_launcher -f {connection_file}"
+    return {
+        "bare python -m ipykernel_launcher (floor)": Variant(
+            [find_python(target, shell_env), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            flake, env=shell_env,
+        ),
+        "nixkernel, cache warm": Variant(manager.kernel_spec_for(target).argv, flake),
+        "nix develop -c, clean tree": Variant(["nix", "develop", str(flake), "-c", *kernel], flake),
+        "nix develop -c, dirty tree (a .py edited)": Variant(
+            ["nix", "develop", str(dirty), "-c", *kernel], dirty, edit_tracked_file
+        ),
+        "nix-shell --run": Variant(["nix-shell", str(shell / "shell.nix"), "--run", script], shell),
+    }  # fmt: skip
+
+
+def bench_versions(work: Path, let: str, extra: dict, reps: int, versions: list[str]) -> list[dict]:
+    """The heavy shell's warm start against Nix's own commands, on each Nix version."""
+    installed = installed_nix_versions()
+    rows: list[dict] = []
+    saved_path = os.environ["PATH"]
+    try:
+        for version in versions:
+            if version not in installed:
+                print(f"  Nix {version}: not installed, skipped", flush=True)
+                continue
+            os.environ["PATH"] = installed[version] + os.pathsep + saved_path
+            label = f"nix{version}"
+            flake, shell = make_shells(work, label, let, extra)
+            variants = version_variants(work, flake, shell, work / f"cache-{label}")
+            rows += [{**r, "nix": version} for r in run_variants(variants, work, label, reps)]
+    finally:
+        os.environ["PATH"] = saved_path
     return rows
 
 
@@ -390,7 +473,9 @@ def bench_discovery(work: Path, sizes: list[int], reps: int) -> list[dict]:
 # -- report ----------------------------------------------------------------------------------
 
 
-def markdown(info: dict, heavy: tuple[int, float], startup: list[dict], disc: list[dict]) -> str:
+def markdown(
+    info: dict, heavy: tuple[int, float], startup: list[dict], disc: list[dict], by_nix: list[dict]
+) -> str:
     out = ["# Benchmarks", "", "Generated by `python benchmarks/run.py"
            + (" --quick" if info.get("quick") else "") + "`. Machine:", ""]  # fmt: skip
     out += [f"- {k}: {v}" for k, v in info["machine"].items()]
@@ -428,6 +513,26 @@ def markdown(info: dict, heavy: tuple[int, float], startup: list[dict], disc: li
             f"{r['max_s']:.3f} | {r['ratio']:.2f}x | {r['runs']} |"
         )
     out += ["", *targets_text(startup, disc), ""]
+    if by_nix:
+        out += [
+            "## On each Nix version",
+            "",
+            "The heavy shell on each Nix the test suite runs, that version first on PATH. "
+            "*clean tree*: the flake's git tree is committed and untouched, so Nix's flake "
+            "evaluation cache serves `nix develop`. *dirty tree*: a checkout with uncommitted "
+            "work, where a tracked `.py` file (not a Nix input) changes before each run, as it "
+            "does while people work; nixkernel's cache watches only what the evaluation read, so "
+            "its warm start is the same in both cases.",
+            "",
+            "| Nix | variant | median (s) | min | max | ratio to floor (paired) | runs |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in by_nix:
+            out.append(
+                f"| {r['nix']} | {r['variant']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+                f"{r['max_s']:.3f} | {r['ratio']:.2f}x | {r['runs']} |"
+            )
+        out.append("")
     out += [
         "## Discovery",
         "",
@@ -531,6 +636,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions, up to 1,000")
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument(
+        "--nix-version",
+        action="append",
+        default=[],
+        help="Nix versions for the per-version table (default: every installed one)",
+    )
     args = parser.parse_args()
     reps = 3 if args.quick else 11
     sizes = [10, 100, 1000] if args.quick else [10, 100, 1000, 5000]
@@ -553,8 +664,19 @@ def main() -> None:
                 f"  {r['shell']:8} {r['variant']:42} {r['median_s']:7.3f} s  {r['ratio']:.2f}x",
                 flush=True,
             )
+        versions = args.nix_version or sorted(
+            installed_nix_versions(), key=lambda v: tuple(int(p) for p in v.split("."))
+        )
+        by_nix = bench_versions(
+            work, heavy_let(n), {"HEAVY": Raw("toString heavy")}, 3 if args.quick else 7, versions
+        )
+        for r in by_nix:
+            print(
+                f"  {r['nix']:5} {r['variant']:45} {r['median_s']:7.3f} s  {r['ratio']:.2f}x",
+                flush=True,
+            )
         disc = bench_discovery(work, sizes, 3 if args.quick else 5)
-        text = markdown(info, (n, took), startup, disc)
+        text = markdown(info, (n, took), startup, disc, by_nix)
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
         print()
