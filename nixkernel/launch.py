@@ -204,7 +204,9 @@ def plan_direct(
     if source.is_flake:
         if source.local_dir:
             nix.check_flake_path(source.local_dir)
-        argv = [nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script]
+        argv = nix.nix_command(
+            nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script
+        )
         return Launch(nix_path, argv, env)
     nix_shell = os.path.join(os.path.dirname(nix_path), "nix-shell")
     argv = [

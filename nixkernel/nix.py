@@ -25,6 +25,15 @@ FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/b
 
 _EVALUATING = re.compile(r"^evaluating file '(.+)'$")
 
+#: Given to every ``nix`` call, as nix-direnv does: ``nix print-dev-env``, ``nix eval`` and flakes
+#: then work on a stock Nix or NixOS that has not enabled these features in nix.conf.
+EXPERIMENTAL_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+
+
+def nix_command(nix: str, *args: str) -> list[str]:
+    """The argv of ``nix ARGS...``, with the experimental features nixkernel relies on enabled."""
+    return [nix, *EXPERIMENTAL_FEATURES, *args]
+
 
 class NixKernelError(Exception):
     """An error a user can act on: what failed, where, and how to fix it."""
@@ -235,7 +244,7 @@ def print_dev_env(
                 + " ".join(os.path.basename(u) for u in untracked)
                 + f"` in {source.local_dir} (no commit needed).",
             )
-    argv = [nix, "print-dev-env", "--json"]
+    argv = nix_command(nix, "print-dev-env", "--json")
     if profile:
         argv += ["--profile", profile]
     if not source.is_flake:
@@ -274,10 +283,10 @@ def flake_shell_names(
     import subprocess
 
     check_flake_path(directory)
-    argv = [
+    argv = nix_command(
         nix, "eval", "--json", f"{directory}#devShells.{system}",
         "--apply", "builtins.attrNames",
-    ]  # fmt: skip
+    )  # fmt: skip
     try:
         out = subprocess.run(
             argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
