@@ -109,25 +109,83 @@ def nix_identity(nix: str) -> str:
     return f"{real}|{st.st_size}|{st.st_mtime_ns}"
 
 
+class NixRelease(NamedTuple):
+    """What ``nix --version`` says: which implementation, and the Nix version it reports."""
+
+    implementation: str
+    """``"Nix"``, ``"Lix"`` or ``"Determinate Nix"`` (with its own version, e.g. ``3.6.2``)."""
+    version: str
+    """The Nix version (Lix: its own 2.9x numbering, forked from Nix 2.18)."""
+
+    @property
+    def numbers(self) -> tuple[int, ...]:
+        """``version`` as numbers to compare (``2.90.0-lix`` -> ``(2, 90, 0)``)."""
+        return version_numbers(self.version)
+
+    @property
+    def is_lix(self) -> bool:
+        return self.implementation.startswith("Lix")
+
+
+#: ``nix (Nix) 2.8.0``; ``nix (Determinate Nix 3.6.2) 2.29.0`` (DeterminateSystems/nix-src,
+#: src/libmain/shared.cc: ``"(Determinate Nix %s) %s"``); ``nix (Lix, like Nix) 2.91.1``
+#: (lix-project/lix, lix/libmain/shared.cc: ``"%1% (Lix, like Nix) %2%"``).
+_VERSION_LINE = re.compile(r"^\S+ \((?P<impl>[^)]*)\) (?P<version>\d+\.\d+\S*)")
+_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?[\w.+-]*")
+
+
+def parse_release(text: str) -> NixRelease:
+    """The implementation and Nix version in ``nix --version`` output."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    match = _VERSION_LINE.match(first)
+    if match:
+        implementation = match.group("impl")
+        implementation = "Lix" if implementation.startswith("Lix") else implementation
+        return NixRelease(implementation, match.group("version"))
+    # Another layout: the last version-like word is the version (a prefix may carry its own).
+    versions = _VERSION.findall(first)
+    return NixRelease("Nix", versions[-1] if versions else first.strip())
+
+
 def parse_version(text: str) -> str:
-    """The version number in ``nix --version`` output (``nix (Nix) 2.8.0``, Lix's variant...)."""
-    match = re.search(r"(\d+\.\d+(?:\.\d+)?(?:[\w.+-]*)?)", text)
-    return match.group(1) if match else text.strip()
+    """The Nix version in ``nix --version`` output (``nix (Nix) 2.8.0``, Lix's and Determinate
+    Nix's variants: see :func:`parse_release`)."""
+    return parse_release(text).version
+
+
+def version_numbers(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version (``2.90.0-lix`` -> ``(2, 90, 0)``)."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
+
+
+#: ``nix --version`` per installation (:func:`nix_identity`): an evaluation asks more than once.
+_RELEASES: dict[str, NixRelease] = {}
+
+
+def nix_release(nix: str) -> NixRelease:
+    """What ``nix --version`` says, run once per Nix installation and process (misses only: a
+    cached environment is used without asking)."""
+    identity = nix_identity(nix)
+    release = _RELEASES.get(identity)
+    if release is None:
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise NixNotFoundError(
+                f"{nix} could not report its version: {exc}",
+                hint="Check that this Nix installation works: run `nix --version` in a terminal.",
+            ) from exc
+        release = _RELEASES[identity] = parse_release(out)
+    return release
 
 
 def nix_version(nix: str) -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NixNotFoundError(
-            f"{nix} could not report its version: {exc}",
-            hint="Check that this Nix installation works: run `nix --version` in a terminal.",
-        ) from exc
-    return parse_version(out)
+    return nix_release(nix).version
 
 
 def git_toplevel(directory: str) -> str | None:

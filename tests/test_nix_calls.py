@@ -13,6 +13,7 @@ import pytest
 from nixprojects import write_flake, write_shell_nix
 
 from nixkernel.describe import KIND_FLAKE, KIND_SHELL_NIX
+from nixkernel.nix import nix_release, nix_version, parse_release, parse_version
 
 
 def stock_nix_config(registry: Path) -> str:
@@ -51,3 +52,45 @@ def test_kernels_start_without_experimental_features_in_nix_settings(
             project,
         )
         assert run.stdout.strip() == "hello from the dev shell", (kind, run.error_text)
+
+
+# -- nix --version ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "implementation", "version", "numbers"),
+    [
+        # NixOS/nix src/libmain/shared.cc printVersion: "%1% (Nix) %2%".
+        ("nix (Nix) 2.8.0\n", "Nix", "2.8.0", (2, 8, 0)),
+        ("nix (Nix) 2.34.8\n", "Nix", "2.34.8", (2, 34, 8)),
+        # DeterminateSystems/nix-src src/libmain/shared.cc: version() is
+        # fmt("(Determinate Nix %s) %s", determinateNixVersion, nixVersion), printed after the
+        # program name: the Nix version is the second number, not Determinate's 3.x.
+        ("nix (Determinate Nix 3.6.2) 2.29.0\n", "Determinate Nix 3.6.2", "2.29.0", (2, 29, 0)),
+        ("nix (Determinate Nix 3.20.0) 2.34.6\n", "Determinate Nix 3.20.0", "2.34.6", (2, 34, 6)),
+        # lix-project/lix lix/libmain/shared.cc printVersion: fmt("%1% (Lix, like Nix) %2%",
+        # programName, nixVersion), followed by "System type: ..." lines; Lix numbers itself
+        # 2.90 and up (forked from Nix 2.18), and its first release printed a -lix suffix.
+        ("nix (Lix, like Nix) 2.91.1\nSystem type: x86_64-linux\n", "Lix", "2.91.1", (2, 91, 1)),
+        ("nix (Lix, like Nix) 2.90.0-lix\n", "Lix", "2.90.0-lix", (2, 90, 0)),
+    ],
+)
+def test_nix_version_of_nix_lix_and_determinate_nix(text, implementation, version, numbers):
+    """`nix --version` parses to the Nix version (never Determinate's own 3.x) and the
+    implementation, whose rules differ (Lix keeps Nix 2.18's flake-path rule)."""
+    release = parse_release(text)
+    assert (release.implementation, release.version, release.numbers) == (
+        implementation,
+        version,
+        numbers,
+    )
+    assert parse_version(text) == version
+    assert release.is_lix == (implementation == "Lix")
+
+
+def test_nix_version_is_asked_once_per_installation(counting_nix):
+    """An evaluation needs the version several times (cache entry, nix-shell rules): Nix runs
+    once per installation and process."""
+    first = nix_release(counting_nix.path)
+    assert nix_version(counting_nix.path) == first.version
+    assert [c for c in counting_nix.calls() if c == "--version"] == ["--version"]
