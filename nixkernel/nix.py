@@ -337,7 +337,8 @@ def print_dev_env(
 def flake_shell_names(
     nix: str, directory: str, system: str, env: dict[str, str] | None = None
 ) -> list[str]:
-    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs); none
+    when it has no ``devShells.<system>``."""
     import subprocess
 
     check_flake_path(directory)
@@ -352,6 +353,10 @@ def flake_shell_names(
     except (OSError, subprocess.SubprocessError) as exc:
         raise NixEvaluationError(f"Could not run {argv[0]}: {exc}") from exc
     if out.returncode != 0:
+        if "does not provide attribute" in out.stderr:
+            # No devShells for this system (a legacy devShell.<system>, or only packages): the
+            # flake's one kernel is its default, which `nix develop` finds on its own.
+            return []
         raise explain_failure(
             NixSource("flake", directory, f"devShells.{system}"),
             out.stderr.splitlines(),
@@ -410,8 +415,9 @@ def explain_failure(source: NixSource, stderr_lines: list[str], status: int) -> 
                 details=f"Nix said:\n{excerpt}",
             )
     if source.is_flake and "does not provide attribute" in text:
+        wanted = source.attr or "default dev shell"
         return NixEvaluationError(
-            f"The flake {source.location} has no {source.attr}.",
+            f"The flake {source.location} has no {wanted}.",
             hint="Define it in flake.nix (devShells.<system>.<name> = pkgs.mkShell { ... };), or "
             "refresh the kernel list so it shows the shells the flake has.",
             details=f"Nix said:\n{excerpt}",

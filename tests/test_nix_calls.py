@@ -7,13 +7,26 @@ tags 2.8.0 to 2.34.0); see docs/nix-semantics.md.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
-from nixprojects import write_flake, write_shell_nix
+from nixprojects import (
+    DEFAULT_SHELL,
+    MINI_NIX,
+    git_track,
+    shell_expr,
+    write_flake,
+    write_shell_nix,
+)
 
-from nixkernel.describe import KIND_FLAKE, KIND_SHELL_NIX
+from nixkernel import nix as nixmod
+from nixkernel.describe import KIND_FLAKE, KIND_SHELL_NIX, NixSource
 from nixkernel.nix import nix_release, nix_version, parse_release, parse_version
+
+SYSTEM = "x86_64-linux"
+GREETING = "import os; print(os.environ['GREETING'])"
 
 
 def stock_nix_config(registry: Path) -> str:
@@ -48,7 +61,7 @@ def test_kernels_start_without_experimental_features_in_nix_settings(
         run = kernel_runner(
             manager,
             kernel_of(manager, kind, project),
-            "import os; print(os.environ['GREETING'])",
+            GREETING,
             project,
         )
         assert run.stdout.strip() == "hello from the dev shell", (kind, run.error_text)
@@ -94,3 +107,71 @@ def test_nix_version_is_asked_once_per_installation(counting_nix):
     first = nix_release(counting_nix.path)
     assert nix_version(counting_nix.path) == first.version
     assert [c for c in counting_nix.calls() if c == "--version"] == ["--version"]
+
+
+# -- flake outputs: the order nix develop looks in ------------------------------------------------
+
+
+def write_flake_outputs(directory: Path, outputs: str) -> Path:
+    """A flake (tracked in git) whose outputs are ``outputs``, with ``mini`` in scope."""
+    directory.mkdir(parents=True)
+    shutil.copy(MINI_NIX, directory / "mini.nix")
+    (directory / "flake.nix").write_text(
+        "{\n  outputs = { self }:\n"
+        f'    let mini = import ./mini.nix {{ system = "{SYSTEM}"; }};\n'
+        f"    in {outputs};\n}}\n"
+    )
+    git_track(directory)
+    return directory
+
+
+def todays_kernel_name(project: Path, kind: str, shell: str) -> str:
+    """The kernel name nixkernel gave this environment before (names in saved notebooks)."""
+    digest = hashlib.sha256(f"{kind}\0{project}\0{shell}".encode()).hexdigest()[:10]
+    return f"nix-{project.name}-{kind}-{digest}"
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        f"{{ devShell.{SYSTEM} = {shell_expr(DEFAULT_SHELL)}; }}",
+        f"{{ packages.{SYSTEM}.default = {shell_expr(DEFAULT_SHELL)}; }}",
+    ],
+    ids=["legacy-devShell", "packages.default"],
+)
+def test_flake_without_devshells_gets_one_working_kernel(
+    nix, projects, manager_factory, kernel_runner, outputs
+):
+    """`nix develop` with no attribute tries devShells.<sys>.default, devShell.<sys>,
+    packages.<sys>.default, defaultPackage.<sys> (src/nix/develop.cc getDefaultFlakeAttrPaths,
+    Nix 2.8 to 2.34): nixkernel passes the bare flake reference and lets Nix look. Listing the
+    devShell names copes with a flake that has none: one kernel, under the name it always had."""
+    project = write_flake_outputs(projects / "legacy", outputs)
+    assert nixmod.flake_shell_names(nix, str(project), SYSTEM) == []
+    manager = manager_factory(project_dirs=[str(projects)])
+    manager.refresh()
+    assert manager.learn_flake_shells()
+    (target,) = manager.refresh()
+    assert target.kind == KIND_FLAKE and target.display_name == "legacy (flake)"
+    assert target.name == todays_kernel_name(project, "flake", "default")
+    run = kernel_runner(manager, target.name, GREETING, project)
+    assert run.stdout.strip() == "hello from the dev shell", run.error_text
+
+
+def test_named_shell_and_library_shell_reference_follow_nix_develop_prefixes(nix, tmp_path):
+    """`ref#name` is looked up as devShells.<sys>.name, then packages.<sys>.name and
+    legacyPackages.<sys>.name (getDefaultFlakeAttrPathPrefixes): a venv_library_shell
+    `/lib#pylibs` finds a package, and a devShell name with a dot is quoted, not split."""
+    lib = write_flake_outputs(
+        tmp_path / "lib",
+        f"{{ packages.{SYSTEM}.pylibs = {shell_expr({'LIB': 'from packages'})}; "
+        f'devShells.{SYSTEM}."py3.11" = {shell_expr({"LIB": "dotted"})}; }}',
+    )
+    source = NixSource.parse(f"{lib}#pylibs")
+    assert source == NixSource("flake", str(lib), "pylibs")
+    assert nixmod.print_dev_env(nix, source).data["variables"]["LIB"]["value"] == "from packages"
+    assert NixSource.parse(str(lib)) == NixSource("flake", str(lib), None)
+    dotted = NixSource.flake_shell(str(lib), "py3.11")
+    assert dotted.installable_args() == [f'{lib}#"py3.11"']
+    assert nixmod.print_dev_env(nix, dotted).data["variables"]["LIB"]["value"] == "dotted"
+    assert nixmod.flake_shell_names(nix, str(lib), SYSTEM) == ["py3.11"]
