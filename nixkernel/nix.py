@@ -306,9 +306,10 @@ def print_dev_env(
     if profile:
         argv += ["--profile", profile]
     if not source.is_flake:
-        # Like nix-shell and nix-direnv: shell.nix functions may ask whether they run in a shell.
-        argv += ["-vv", "--arg", "inNixShell", "true"]
+        argv += ["-vv"]
+    argv += nix_shell_semantics(nix, source)
     argv += source.installable_args()
+    env = _evaluation_environment(source, env)
 
     def relay(line: str) -> None:
         if on_line is not None and not _is_chatter(line):
@@ -332,6 +333,20 @@ def print_dev_env(
         if match:
             evaluated.append(match.group(1))
     return DevEnv(data=data, evaluated_files=tuple(evaluated))
+
+
+def nix_shell_semantics(nix: str, source: NixSource) -> list[str]:
+    """The arguments that make ``nix print-dev-env --file`` evaluate a Nix file as nix-shell
+    of this Nix does (see :mod:`nixkernel.nixshell`); none for a flake."""
+    from . import nixshell  # an evaluation only: not on the warm path
+
+    return nixshell.in_nix_shell_args(nix, source)
+
+
+def _evaluation_environment(source: NixSource, env: dict[str, str] | None) -> dict[str, str] | None:
+    from . import nixshell
+
+    return nixshell.evaluation_environment(source, env)
 
 
 def flake_shell_names(

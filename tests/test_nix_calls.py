@@ -8,13 +8,16 @@ tags 2.8.0 to 2.34.0); see docs/nix-semantics.md.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from nixprojects import (
     DEFAULT_SHELL,
     MINI_NIX,
+    Raw,
     git_track,
     shell_expr,
     write_flake,
@@ -175,3 +178,127 @@ def test_named_shell_and_library_shell_reference_follow_nix_develop_prefixes(nix
     assert dotted.installable_args() == [f'{lib}#"py3.11"']
     assert nixmod.print_dev_env(nix, dotted).data["variables"]["LIB"]["value"] == "dotted"
     assert nixmod.flake_shell_names(nix, str(lib), SYSTEM) == ["py3.11"]
+
+
+# -- shell.nix as nix-shell evaluates it ------------------------------------------------------
+
+
+def write_nix_file(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(MINI_NIX, directory / "mini.nix")
+    (directory / name).write_text(text)
+    return directory
+
+
+def shell_nix_kernel(manager, project: Path) -> str:
+    return kernel_of(manager, KIND_SHELL_NIX, project)
+
+
+def test_flake_compat_style_shell_nix_gets_the_shell_and_sees_in_nix_shell(
+    nix, projects, manager_factory, kernel_runner
+):
+    """nix-shell evaluates with IN_NIX_SHELL=impure in its environment (nix-build.cc,
+    setenv before parsing, all versions) and calls a function naming `inNixShell` with
+    `inNixShell = true` (2.8: every function; >= 2.10: takesNixShellAttr). A flake-compat style
+    `if inNixShell then shell else package` file gives the shell, and the evaluation sees
+    IN_NIX_SHELL (lib.inNixShell, Haskell's developPackage)."""
+    shell = shell_expr({**DEFAULT_SHELL, "SEEN": Raw('builtins.getEnv "IN_NIX_SHELL"')})
+    project = write_nix_file(
+        projects / "compat",
+        "shell.nix",
+        "{ inNixShell ? false }:\n"
+        "let mini = import ./mini.nix {};\n"
+        f"in if inNixShell then {shell} else mini.stdenv\n",
+    )
+    manager = manager_factory(project_dirs=[str(projects)])
+    run = kernel_runner(
+        manager,
+        shell_nix_kernel(manager, project),
+        "import os; print(os.environ['GREETING'], os.environ['SEEN'])",
+        project,
+    )
+    assert run.stdout.strip() == "hello from the dev shell impure", run.error_text
+
+
+def test_function_with_ellipsis_gets_in_nix_shell_only_on_nix_before_2_10(
+    nix, projects, manager_factory, kernel_runner
+):
+    """`{ ... }@args: import ./inner.nix args` with inner.nix `{ }: mkShell ...`. Nix 2.8/2.9's
+    nix-shell adds inNixShell to the automatic arguments of every call, so the ellipsis
+    receives it and inner.nix fails ("called with unexpected argument 'inNixShell'"); since
+    2.10 (nix-build.cc takesNixShellAttr) only a function naming inNixShell gets it, and the
+    file works. The kernel does what this Nix's own `nix-shell --run` does."""
+    project = write_nix_file(
+        projects / "forward", "shell.nix", "{ ... }@args: import ./inner.nix args\n"
+    )
+    (project / "inner.nix").write_text(
+        f"{{ }}:\nlet mini = import ./mini.nix {{}};\nin {shell_expr(DEFAULT_SHELL)}\n"
+    )
+    nix_shell = Path(nix).parent / "nix-shell"
+    terminal = subprocess.run(
+        [str(nix_shell), str(project / "shell.nix"), "--run", "echo $GREETING"],
+        capture_output=True,
+        text=True,
+        cwd=project,
+        env={**os.environ, "NIX_BUILD_SHELL": "bash"},
+    )
+    takes_nix_shell_attr = nix_release(nix).numbers >= (2, 10)
+    assert (terminal.returncode == 0) == takes_nix_shell_attr, terminal.stderr
+    manager = manager_factory(project_dirs=[str(projects)])
+    run = kernel_runner(manager, shell_nix_kernel(manager, project), GREETING, project)
+    if takes_nix_shell_attr:
+        assert terminal.stdout.strip() == "hello from the dev shell"
+        assert run.stdout.strip() == "hello from the dev shell", run.error_text
+    else:
+        assert "inNixShell" in terminal.stderr
+        assert run.implementation == "nixkernel-fallback"
+        assert "inNixShell" in run.error_text
+
+
+def test_in_nix_shell_is_passed_through_a_file_that_only_imports_another(nix, tmp_path):
+    """takesNixShellAttr looks at the file's value: `import ./default.nix` whose function names
+    inNixShell receives it (and a plain shell file gets no --arg on Nix >= 2.10)."""
+    from nixkernel import nixshell
+
+    project = write_nix_file(tmp_path / "p", "shell.nix", "import ./default.nix\n")
+    (project / "default.nix").write_text(
+        "{ inNixShell ? false }:\nlet mini = import ./mini.nix {};\n"
+        'in mini.mkShell { IN = if inNixShell then "shell" else "package"; }\n'
+    )
+    source = NixSource("file", str(project / "shell.nix"))
+    assert nixshell.in_nix_shell_args(nix, source) == ["--arg", "inNixShell", "true"]
+    assert nixmod.print_dev_env(nix, source).data["variables"]["IN"]["value"] == "shell"
+    plain = write_shell_nix(tmp_path / "plain")
+    expected = [] if nix_release(nix).numbers >= (2, 10) else ["--arg", "inNixShell", "true"]
+    assert nixshell.in_nix_shell_args(nix, NixSource("file", str(plain / "shell.nix"))) == (
+        expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "is_function"),
+    [
+        ("{ inNixShell ? false }: 1", True),
+        ("# comment\n{ pkgs ? import <nixpkgs> {} }: pkgs.mkShell {}", True),
+        ("{ ... }@args: import ./inner.nix args", True),
+        ("args@{ ... }: 1", True),
+        ("{ }: 1", True),
+        ("x: x", True),
+        ("(\n /* c */ { a, b }: a)", True),
+        ("{ # c\n  a ? 1 }: a", True),
+        ("let mini = import ./mini.nix {}; in mini.mkShell {}", False),
+        ("with import <nixpkgs> {}; mkShell {}", False),
+        ("{ a = 1; }", False),
+        ("{ inherit x; }", False),
+        ("{ a.b = 1; }", False),
+        ("{ }", False),
+        ("http://example.org/x", False),
+        ("(import ./flake-compat.nix { src = ./.; }).shellNix", False),
+    ],
+)
+def test_function_literal_is_recognised_from_the_head_of_the_file(text, is_function):
+    """Only a file starting with a function literal is asked for its formals (a cheap
+    evaluation): any other file would have to be evaluated to know, and is not a function."""
+    from nixkernel.nixshell import is_function_literal
+
+    assert is_function_literal(text) == is_function
