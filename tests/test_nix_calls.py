@@ -302,3 +302,17 @@ def test_function_literal_is_recognised_from_the_head_of_the_file(text, is_funct
     from nixkernel.nixshell import is_function_literal
 
     assert is_function_literal(text) == is_function
+
+
+def test_default_nix_alone_is_not_a_project(tmp_path):
+    """nix-shell falls back to default.nix, but a default.nix is usually a package (often a
+    callPackage function nix-shell cannot call): nixkernel offers it only through a shell.nix
+    (`import ./default.nix`), so package directories do not become kernels."""
+    from nixkernel.discovery import discover
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "default.nix").write_text("{ stdenv }: stdenv.mkDerivation {}\n")
+    (tmp_path / "shelled").mkdir()
+    (tmp_path / "shelled" / "default.nix").write_text("{ }: {}\n")
+    (tmp_path / "shelled" / "shell.nix").write_text("import ./default.nix\n")
+    assert [p.path for p in discover([str(tmp_path)], 3)] == [str(tmp_path / "shelled")]
