@@ -203,7 +203,7 @@ def plan_direct(
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
     if source.is_flake:
         if source.local_dir:
-            nix.check_flake_path(source.local_dir)
+            nix.check_flake_path(source.local_dir, nix_path)
         argv = nix.nix_command(
             nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script
         )

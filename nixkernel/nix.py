@@ -227,22 +227,61 @@ def untracked_flake_files(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in candidates if n not in tracked]
 
 
-#: Characters a flake reference's path may hold (RFC 3986 pchar): Nix parses flake references as
-#: URLs and does not percent-decode their paths, so other characters cannot be expressed.
-_FLAKE_PATH_OK = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]+$")
+#: A path flake reference before Nix 2.19 (and in Lix, forked from 2.18): each component matches
+#: ``fnRegex`` of flakeref.cc's parseFlakeRefWithFragment, ``[0-9a-zA-Z-._~!$&'"()*+,;=]+`` (no
+#: space, ``:``, ``@``, ``%`` or non-ASCII), as Nix does not percent-decode the path.
+_FLAKE_PATH_OK = re.compile(
+    r"^/?[0-9A-Za-z\-._~!$&'\"()*+,;=]+(?:/[0-9A-Za-z\-._~!$&'\"()*+,;=]+)*/?$"
+)
+#: What no Nix takes in a path flake reference: ``?`` and ``#`` start its query and fragment
+#: (parsePathFlakeRefWithFragment since 2.19: ``([^?#]*)...``), and ``^`` its outputs
+#: (ExtendedOutputsSpec::parse, since 2.13, splits at the last ``^``).
+_FLAKE_PATH_NEVER = "?#^"
+#: Nix 2.19 parses a path flake reference as everything up to ``?`` or ``#`` (flakeref.cc).
+ANY_FLAKE_PATH_SINCE = (2, 19)
 
 
-def check_flake_path(directory: str) -> None:
-    """Raise if Nix cannot name a flake in ``directory`` (spaces, non-ASCII, ``#``, ``?``...)."""
+def flake_path_problem(directory: str, release: NixRelease | None) -> str | None:
+    """Which characters of ``directory`` the given Nix cannot name in a flake reference (None
+    if it can). ``release`` may be None when the path is fine for every Nix."""
+    never = sorted({c for c in directory if c in _FLAKE_PATH_NEVER})
+    if never:
+        return ", ".join(repr(c) for c in never)
+    if _FLAKE_PATH_OK.match(directory):
+        return None
+    if release is not None and not release.is_lix and release.numbers >= ANY_FLAKE_PATH_SINCE:
+        return None
+    bad = sorted({c for c in directory if c != "/" and not _FLAKE_PATH_OK.match(c)})
+    return ", ".join(repr(c) for c in bad)
+
+
+def check_flake_path(directory: str, nix: str) -> None:
+    """Raise if the running Nix cannot name a flake in ``directory``: ``?``, ``#`` or ``^``
+    anywhere; before Nix 2.19 (and in Lix) also spaces, ``:``, ``@``, ``%``, non-ASCII...
+    Asks ``nix --version`` only for a path that only some versions accept."""
     if _FLAKE_PATH_OK.match(directory):
         return
-    bad = sorted({c for c in directory if not _FLAKE_PATH_OK.match(c)})
+    release = None
+    if not any(c in _FLAKE_PATH_NEVER for c in directory):
+        release = nix_release(nix)
+    bad = flake_path_problem(directory, release)
+    if bad is None:
+        return
+    rename = (
+        "rename the directory (and its parents) to use only letters, digits and -._~, or give "
+        "the project a shell.nix (e.g. with flake-compat), which works at any path."
+    )
+    if release is not None:
+        raise NixEvaluationError(
+            f"{release.implementation} {release.version} cannot use the flake in {directory!r}: "
+            f"its path contains {bad}, which flake references before Nix 2.19 cannot express "
+            "(a symlink does not help).",
+            hint=f"Upgrade to Nix 2.19 or newer (it takes any character but ? # ^), or {rename}",
+        )
     raise NixEvaluationError(
-        f"Nix cannot use the flake in {directory!r}: its path contains "
-        + ", ".join(repr(c) for c in bad)
-        + ", which Nix's flake references cannot express (a symlink does not help).",
-        hint="Rename the directory (and its parents) to use only letters, digits and -._~, or give "
-        "the project a shell.nix (e.g. with flake-compat), which works at any path.",
+        f"Nix cannot use the flake in {directory!r}: its path contains {bad}, which no Nix "
+        "flake reference can express (a symlink does not help).",
+        hint=rename[0].upper() + rename[1:],
     )
 
 
@@ -292,7 +331,7 @@ def print_dev_env(
     evaluation read. Raises :class:`NixEvaluationError` with an actionable message.
     """
     if source.is_flake and source.local_dir:
-        check_flake_path(source.local_dir)
+        check_flake_path(source.local_dir, nix)
         untracked = untracked_flake_files(source.local_dir)
         if untracked:
             raise NixEvaluationError(
@@ -356,7 +395,7 @@ def flake_shell_names(
     when it has no ``devShells.<system>``."""
     import subprocess
 
-    check_flake_path(directory)
+    check_flake_path(directory, nix)
     argv = nix_command(
         nix, "eval", "--json", f"{directory}#devShells.{system}",
         "--apply", "builtins.attrNames",

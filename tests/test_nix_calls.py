@@ -316,3 +316,48 @@ def test_default_nix_alone_is_not_a_project(tmp_path):
     (tmp_path / "shelled" / "default.nix").write_text("{ }: {}\n")
     (tmp_path / "shelled" / "shell.nix").write_text("import ./default.nix\n")
     assert [p.path for p in discover([str(tmp_path)], 3)] == [str(tmp_path / "shelled")]
+
+
+# -- flake path characters ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("char", [" ", "@", ":"], ids=["space", "at", "colon"])
+def test_flake_path_characters_by_the_running_nix(
+    nix, projects, manager_factory, kernel_runner, char
+):
+    """Since Nix 2.19 a path flake reference is everything before '?' or '#'
+    (flakeref.cc parsePathFlakeRefWithFragment); before, each path component had to match
+    fnRegex `[0-9a-zA-Z-._~!$&'"()*+,;=]+`. A flake at `a b`, `a@b`, `a:b` starts on 2.26 and
+    2.34; on 2.8 it is refused up front with the reason and the way out."""
+    project = write_flake(projects / f"a{char}b")
+    manager = manager_factory(project_dirs=[str(projects)])
+    run = kernel_runner(manager, kernel_of(manager, KIND_FLAKE, project), GREETING, project)
+    if nix_release(nix).numbers >= (2, 19):
+        assert run.stdout.strip() == "hello from the dev shell", run.error_text
+    else:
+        assert run.implementation == "nixkernel-fallback"
+        assert f"cannot use the flake in {str(project)!r}" in run.error_text
+        assert repr(char) in run.error_text and "Upgrade to Nix 2.19" in run.error_text
+
+
+@pytest.mark.parametrize(
+    ("implementation", "version", "path", "problem"),
+    [
+        ("Nix", "2.8.0", "/p/a b", "' '"),
+        ("Nix", "2.18.1", "/p/a@b:c", "':', '@'"),
+        ("Nix", "2.18.1", "/p/it's-(ok);=+,~!$&*\"", None),
+        ("Nix", "2.19.0", "/p/a b@c:d%é[x]", None),
+        ("Determinate Nix 3.6.2", "2.29.0", "/p/a b", None),
+        # Lix kept Nix 2.18's parser (lix/libexpr/flake/flakeref.cc: the same fnRegex).
+        ("Lix", "2.91.1", "/p/a b", "' '"),
+        # '?' and '#' start query and fragment for every version; '^' starts the outputs
+        # (outputs-spec.cc ExtendedOutputsSpec::parse, since 2.13).
+        ("Nix", "2.34.8", "/p/a?b", "'?'"),
+        ("Nix", "2.34.8", "/p/a#b", "'#'"),
+        ("Nix", "2.34.8", "/p/a^b", "'^'"),
+    ],
+)
+def test_flake_path_rule_of_each_nix(implementation, version, path, problem):
+    """What each Nix rejects in a path flake reference, nothing more (captured rules)."""
+    release = nixmod.NixRelease(implementation, version)
+    assert nixmod.flake_path_problem(path, release) == problem
