@@ -51,6 +51,9 @@ class NixSource(NamedTuple):
     """Attribute path inside the flake or file, as Nix reads it after ``#`` (optional). For a
     flake, None is the flake's default dev shell and a bare name (``docs``) a named one: Nix
     looks them up in its own order (:meth:`flake_shell`)."""
+    args: tuple[str, ...] = ()
+    """Further flags for Nix (``--impure``, ``--arg x y``...), declared by the project
+    (``.envrc``, ``c.NixKernelSpecManager.nix_args``): see :mod:`nixkernel.projectargs`."""
 
     @property
     def is_flake(self) -> bool:
@@ -75,7 +78,7 @@ class NixSource(NamedTuple):
         return ["--file", self.location, *([self.attr] if self.attr else [])]
 
     def describe(self) -> str:
-        return " ".join(self.installable_args()).replace("--file ", "")
+        return " ".join([*self.installable_args(), *self.args]).replace("--file ", "")
 
     @classmethod
     def flake_shell(cls, directory: str, shell: str, system: str | None = None) -> NixSource:

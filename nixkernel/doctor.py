@@ -273,7 +273,7 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     if target.kind == KIND_AUTO or target.problem:
         return None
     label = target.display_name
-    source = target_source(target, manager.venv_library_shell or None)
+    source = target_source(target, manager.venv_library_shell or None, manager.nix_args)
     variables: Mapping[str, str] = {}
     if source is not None:
         state, entry = manager.cache.inspect(source, manager.nix_executable or None)

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .describe import NixSource
@@ -347,7 +347,7 @@ def print_dev_env(
     if not source.is_flake:
         argv += ["-vv"]
     argv += nix_shell_semantics(nix, source)
-    argv += source.installable_args()
+    argv += [*source.installable_args(), *source.args]
     env = _evaluation_environment(source, env)
 
     def relay(line: str) -> None:
@@ -389,7 +389,11 @@ def _evaluation_environment(source: NixSource, env: dict[str, str] | None) -> di
 
 
 def flake_shell_names(
-    nix: str, directory: str, system: str, env: dict[str, str] | None = None
+    nix: str,
+    directory: str,
+    system: str,
+    env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs); none
     when it has no ``devShells.<system>``."""
@@ -398,7 +402,7 @@ def flake_shell_names(
     check_flake_path(directory, nix)
     argv = nix_command(
         nix, "eval", "--json", f"{directory}#devShells.{system}",
-        "--apply", "builtins.attrNames",
+        "--apply", "builtins.attrNames", *extra_args,
     )  # fmt: skip
     try:
         out = subprocess.run(

@@ -361,3 +361,125 @@ def test_flake_path_rule_of_each_nix(implementation, version, path, problem):
     """What each Nix rejects in a path flake reference, nothing more (captured rules)."""
     release = nixmod.NixRelease(implementation, version)
     assert nixmod.flake_path_problem(path, release) == problem
+
+
+# -- per-project Nix flags: .envrc and nix_args ----------------------------------------------------
+
+IMPURE_SHELL = {**DEFAULT_SHELL, "SEEN": Raw('builtins.getEnv "NIXKERNEL_TEST_IMPURE"')}
+SEEN = "import os; print(repr(os.environ['SEEN']))"
+
+
+def test_envrc_use_flake_impure_reaches_the_evaluation_and_reevaluates(
+    nix, projects, manager_factory, kernel_runner, monkeypatch: pytest.MonkeyPatch
+):
+    """`use flake .#py --impure` in .envrc (nix-direnv passes its flags to `nix print-dev-env`):
+    the flake kernels evaluate with --impure, so builtins.getEnv sees the server's environment
+    (pure evaluation gives ""). The flags are part of the cache key: adding them re-evaluates,
+    and `#py` does not change which shell a kernel is."""
+    monkeypatch.setenv("NIXKERNEL_TEST_IMPURE", "from the server")
+    project = write_flake(projects / "devenvish", {"default": IMPURE_SHELL})
+    manager = manager_factory(project_dirs=[str(projects)])
+    name = kernel_of(manager, KIND_FLAKE, project)
+    assert kernel_runner(manager, name, SEEN, project).stdout.strip() == "''"
+    (project / ".envrc").write_text("# nix-direnv\nuse flake .#py --impure  # devenv\n")
+    run = kernel_runner(manager, name, SEEN, project)
+    assert run.stdout.strip() == "'from the server'", run.error_text
+
+
+def test_config_nix_args_reach_flake_and_shell_nix(
+    nix, projects, manager_factory, kernel_runner, monkeypatch: pytest.MonkeyPatch
+):
+    """c.NixKernelSpecManager.nix_args (a directory or a glob -> flags) reaches the launcher
+    through its argv: `--impure` for a flake, `--arg` for a shell.nix function."""
+    monkeypatch.setenv("NIXKERNEL_TEST_IMPURE", "configured")
+    flake = write_flake(projects / "flk", {"default": IMPURE_SHELL})
+    classic = write_nix_file(
+        projects / "classic",
+        "shell.nix",
+        '{ greeting ? "default" }:\nlet mini = import ./mini.nix {};\n'
+        f"in {shell_expr({**DEFAULT_SHELL, 'GREETING': Raw('greeting')})}\n",
+    )
+    manager = manager_factory(
+        project_dirs=[str(projects)],
+        nix_args={str(flake): ["--impure"], str(projects / "cl*"): ["--arg", "greeting", '"hi"']},
+    )
+    flake_kernel = kernel_of(manager, KIND_FLAKE, flake)
+    assert "--nix-args=" in " ".join(manager.get_kernel_spec(flake_kernel).argv)
+    run = kernel_runner(manager, flake_kernel, SEEN, flake)
+    assert run.stdout.strip() == "'configured'", run.error_text
+    run = kernel_runner(manager, kernel_of(manager, KIND_SHELL_NIX, classic), GREETING, classic)
+    assert run.stdout.strip() == "hi", run.error_text
+
+
+def test_envrc_use_nix_arg_reaches_shell_nix_cached_and_direct(
+    nix, projects, manager_factory, kernel_runner
+):
+    """`use nix --arg greeting '"from envrc"'` (nix-direnv's use_nix keeps --arg, --argstr,
+    -I, --option and -A): the shell.nix kernel evaluates with it, in cached mode
+    (`nix print-dev-env`) and in direct mode (`nix-shell`)."""
+    classic = write_nix_file(
+        projects / "classic",
+        "shell.nix",
+        '{ greeting ? "default" }:\nlet mini = import ./mini.nix {};\n'
+        f"in {shell_expr({**DEFAULT_SHELL, 'GREETING': Raw('greeting')})}\n",
+    )
+    (classic / ".envrc").write_text("use nix --arg greeting '\"from envrc\"'\n")
+    for mode in ("cached", "direct"):
+        manager = manager_factory(project_dirs=[str(projects)], launch_mode=mode)
+        name = kernel_of(manager, KIND_SHELL_NIX, classic)
+        run = kernel_runner(manager, name, GREETING, classic)
+        assert run.stdout.strip() == "from envrc", (mode, run.error_text)
+
+
+@pytest.mark.parametrize(
+    ("envrc", "flake", "nix", "attr"),
+    [
+        ("use flake", (), (), None),
+        ("use flake .#py --impure", ("--impure",), (), None),
+        (
+            "use_flake . --override-input a path:/x  # comment",
+            ("--override-input", "a", "path:/x"),
+            (),
+            None,
+        ),
+        ("use flake ./sub --impure", (), (), None),  # another flake
+        ("use flake --impure", (), (), None),  # nix-direnv refuses: no reference
+        ('use flake "$PWD" --impure', (), (), None),  # needs a shell to read
+        ("use flake . --impure -c rm -rf /", ("--impure",), (), None),
+        ("use flake . --profile /tmp/p --impure", ("--impure",), (), None),
+        (
+            "use nix --arg x '\"y\"' -I nixpkgs=/n",
+            (),
+            ("--arg", "x", '"y"', "-I", "nixpkgs=/n"),
+            None,
+        ),
+        ("use nix -A dev --argstr a b --pure shell.nix", (), ("--argstr", "a", "b"), "dev"),
+        ("use nix -p python3", (), (), None),
+        ("if has nix; then use flake . --impure; fi", (), (), None),
+    ],
+)
+def test_envrc_lines_read_as_nix_direnv_reads_them(tmp_path, envrc, flake, nix, attr):
+    """nix-direnv's direnvrc: use_flake passes `REF FLAGS...` to print-dev-env; use_nix drops
+    --command/--run/--exclude/--pure/-i/--keep, keeps -I/--include (1 value),
+    --option/-o/--arg/--argstr (2), -A is the attribute, -p a package list."""
+    from nixkernel.projectargs import read_envrc
+
+    (tmp_path / "shell.nix").write_text("{ }\n")
+    (tmp_path / ".envrc").write_text(envrc + "\n")
+    flags = read_envrc(str(tmp_path))
+    assert (flags.flake, flags.nix, flags.nix_attr) == (flake, nix, attr)
+
+
+def test_nix_args_keys_match_directories_and_globs(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    from nixkernel.projectargs import configured_args
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = {"~/work/app": ["--impure"], "~/work/*": ["--arg", "x", "1"], "/elsewhere": ["-v"]}
+    assert configured_args(config, str(tmp_path / "work" / "app")) == [
+        "--impure",
+        "--arg",
+        "x",
+        "1",
+    ]
+    assert configured_args(config, str(tmp_path / "work" / "other")) == ["--arg", "x", "1"]
+    assert configured_args(config, str(tmp_path / "play")) == []
