@@ -79,3 +79,13 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 ## wait for Nix. What it did goes to the server's log.
 ## Type: Bool. Default: False.
 # c.NixKernelSpecManager.warm_on_start = True
+
+## Extra Nix flags per project: {directory or glob: [flags]}, e.g. {"~/work/devenv-app":
+## ["--impure"], "~/work/*": ["--option", "allow-import-from-derivation", "false"]}. They are given
+## to every evaluation of the matching project's environments (`nix print-dev-env`, and `nix
+## develop` / `nix-shell` in direct mode), after the flags of the project's .envrc (`use flake .
+## --impure`, `use nix --arg x y`, read as nix-direnv does, never run). A key is a project
+## directory (~ allowed) or a glob on its absolute path; for venv_library_shell, the directory of
+## that shell. Changing them re-evaluates.
+## Type: Dict. Default: {}.
+# c.NixKernelSpecManager.nix_args = {}

@@ -177,7 +177,13 @@ class EnvironmentCache:
     def key(self, source: NixSource, nix_path: str | None, inputs: list[str]) -> dict:
         """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``)."""
         return {
-            "source": {"kind": source.kind, "location": source.location, "attr": source.attr},
+            "source": {
+                "kind": source.kind,
+                "location": source.location,
+                "attr": source.attr,
+                # The project's Nix flags (.envrc, nix_args): changing them re-evaluates.
+                **({"args": list(source.args)} if source.args else {}),
+            },
             "system": current_system(),
             "nix": nix.nix_identity(nix_path) if nix_path else None,
             "nix_path": None if source.is_flake else os.environ.get("NIX_PATH", ""),

@@ -88,7 +88,7 @@ class NixKernelSubcommand(JupyterApp):
 
     def source_of(self, target: KernelTarget) -> NixSource | None:
         assert self.manager is not None
-        return target_source(target, self.manager.venv_library_shell or None)
+        return target_source(target, self.manager.venv_library_shell or None, self.manager.nix_args)
 
     def cache_state(self, target: KernelTarget) -> str:
         assert self.manager is not None
@@ -702,7 +702,13 @@ def describe_slot(slot: str) -> str:
     raw = slot_source(slot)
     if raw is None:
         return "no readable entry"
-    return NixSource(str(raw.get("kind")), str(raw.get("location")), raw.get("attr")).describe()
+    args = raw.get("args")
+    return NixSource(
+        str(raw.get("kind")),
+        str(raw.get("location")),
+        raw.get("attr"),
+        tuple(str(a) for a in args) if isinstance(args, list) else (),
+    ).describe()
 
 
 # -- doctor ------------------------------------------------------------------------------------

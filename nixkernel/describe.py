@@ -48,7 +48,12 @@ class NixSource(NamedTuple):
     """A flake reference without fragment (a local directory for discovered projects), or the
     absolute path of a Nix file."""
     attr: str | None = None
-    """Attribute path inside the flake (``devShells.x86_64-linux.default``) or file (optional)."""
+    """Attribute path inside the flake or file, as Nix reads it after ``#`` (optional). For a
+    flake, None is the flake's default dev shell and a bare name (``docs``) a named one: Nix
+    looks them up in its own order (:meth:`flake_shell`)."""
+    args: tuple[str, ...] = ()
+    """Further flags for Nix (``--impure``, ``--arg x y``...), declared by the project
+    (``.envrc``, ``c.NixKernelSpecManager.nix_args``): see :mod:`nixkernel.projectargs`."""
 
     @property
     def is_flake(self) -> bool:
@@ -73,22 +78,29 @@ class NixSource(NamedTuple):
         return ["--file", self.location, *([self.attr] if self.attr else [])]
 
     def describe(self) -> str:
-        return " ".join(self.installable_args()).replace("--file ", "")
+        return " ".join([*self.installable_args(), *self.args]).replace("--file ", "")
 
     @classmethod
     def flake_shell(cls, directory: str, shell: str, system: str | None = None) -> NixSource:
-        return cls("flake", directory, f"devShells.{system or current_system()}.{shell}")
+        """The dev shell ``shell`` of the flake in ``directory``, named as ``nix develop`` is
+        given it: the bare reference for ``default`` (Nix tries ``devShells.<system>.default``,
+        ``devShell.<system>``, ``packages.<system>.default``, ``defaultPackage.<system>``),
+        ``ref#name`` for the others (``devShells.<system>.name``, then ``packages`` and
+        ``legacyPackages``): src/nix/develop.cc, getDefaultFlakeAttrPaths and
+        getDefaultFlakeAttrPathPrefixes, the same from Nix 2.8 to 2.34. ``system`` is unused:
+        Nix applies its own."""
+        return cls("flake", directory, None if shell == "default" else flake_attr_name(shell))
 
     @classmethod
     def parse(cls, text: str, system: str | None = None) -> NixSource:
         """A user-written reference: ``/etc/nixos#devShells.x86_64-linux.pylibs``,
-        ``/etc/nixos#pylibs`` (a devShell name), a flake directory, or a ``.nix`` file."""
+        ``/etc/nixos#pylibs`` (a name Nix looks up as for ``nix develop``), a flake directory
+        (its default dev shell), or a ``.nix`` file. ``system`` is unused (see
+        :meth:`flake_shell`)."""
         text = text.strip()
         if "#" in text:
             ref, attr = text.split("#", 1)
-            if "." not in attr:
-                attr = f"devShells.{system or current_system()}.{attr}"
-            return cls("flake", _absolute_if_path(ref), attr)
+            return cls("flake", _absolute_if_path(ref), attr or None)
         if text.endswith(".nix"):
             return cls("file", os.path.abspath(os.path.expanduser(text)))
         path = _absolute_if_path(text)
@@ -131,6 +143,13 @@ class KernelTarget(NamedTuple):
             "project": self.project,
             "venv": self.venv,
         }
+
+
+def flake_attr_name(name: str) -> str:
+    """``name`` as one element of an attribute path after ``#``: quoted when it has a dot (Nix
+    would split it there), with ``%`` escaped (Nix percent-decodes the fragment)."""
+    name = name.replace("%", "%25")
+    return f'"{name}"' if "." in name else name
 
 
 def slugify(text: str) -> str:

@@ -119,7 +119,7 @@ def warm_sources(manager: NixKernelSpecManager) -> list[NixSource]:
 
     sources: dict[NixSource, None] = {}
     for target in manager.targets():
-        source = target_source(target, manager.venv_library_shell or None)
+        source = target_source(target, manager.venv_library_shell or None, manager.nix_args)
         if source is not None:
             sources.setdefault(source, None)
     return list(sources)

@@ -9,6 +9,7 @@ Nix. The ordinary kernelspecs (``python3``...) stay available unless turned off.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import threading
@@ -17,15 +18,16 @@ from typing import Any
 
 import platformdirs
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
-from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
-from . import nix
+from . import nix, projectargs
 from .cache import EnvironmentCache
 from .describe import (
     KIND_AUTO,
     KIND_FLAKE,
     PROJECT_KERNEL_NAME,
     KernelTarget,
+    NixSource,
     current_system,
     describe,
 )
@@ -66,6 +68,18 @@ class NixKernelSpecManager(KernelSpecManager):
         "",
         help="""The nix command to use. Default: `nix` on the server's PATH, else
         /nix/var/nix/profiles/default/bin/nix or ~/.nix-profile/bin/nix.""",
+    ).tag(config=True)
+
+    nix_args = Dict(
+        key_trait=Unicode(),
+        value_trait=List(Unicode()),
+        help="""Extra Nix flags per project: {directory or glob: [flags]}, e.g.
+        {"~/work/devenv-app": ["--impure"], "~/work/*": ["--option", "allow-import-from-derivation",
+        "false"]}. They are given to every evaluation of the matching project's environments
+        (`nix print-dev-env`, and `nix develop` / `nix-shell` in direct mode), after the flags of
+        the project's .envrc (`use flake . --impure`, `use nix --arg x y`, read as nix-direnv
+        does, never run). A key is a project directory (~ allowed) or a glob on its absolute
+        path; for venv_library_shell, the directory of that shell. Changing them re-evaluates.""",
     ).tag(config=True)
 
     launch_mode = Enum(
@@ -218,8 +232,11 @@ class NixKernelSpecManager(KernelSpecManager):
                 break
             if cache.flake_shells(project) is not None:
                 continue
+            flags = projectargs.with_project_args(
+                NixSource.flake_shell(project, "default"), self.nix_args
+            ).args
             try:
-                names = nix.flake_shell_names(nix_path, project, current_system())
+                names = nix.flake_shell_names(nix_path, project, current_system(), extra_args=flags)
             except nix.NixKernelError as exc:
                 self.log.warning(
                     "nixkernel: cannot list the devShells of %s: %s", project, exc.message
@@ -282,6 +299,9 @@ class NixKernelSpecManager(KernelSpecManager):
         argv += ["--cache-dir", os.path.abspath(os.path.expanduser(self.cache_dir))]
         if self.nix_executable:
             argv += ["--nix", self.nix_executable]
+        nix_args = self.nix_args_for(target)
+        if nix_args:
+            argv.append("--nix-args=" + json.dumps(nix_args, separators=(",", ":")))
         if self.launch_mode != MODE_CACHED:
             argv += ["--mode", self.launch_mode]
         if not self.stale_fallback:
@@ -289,6 +309,21 @@ class NixKernelSpecManager(KernelSpecManager):
         if target.kind == KIND_AUTO and not self.include_venvs:
             argv.append("--no-venvs")
         return [*argv, "-f", "{connection_file}"]
+
+    def nix_args_for(self, target: KernelTarget) -> dict[str, list[str]]:
+        """The entries of :attr:`nix_args` that may apply to ``target``'s environment: those
+        matching its directory, or all for the project-following kernel (which finds its
+        project when it starts)."""
+        if not self.nix_args or target.kind == KIND_AUTO:
+            return dict(self.nix_args)
+        source = target.nix_source()
+        if source is None and self.venv_library_shell:
+            source = NixSource.parse(self.venv_library_shell)
+        directory = source.local_dir if source is not None else None
+        if directory is None:
+            return {}
+        here = os.path.normpath(directory)
+        return {k: list(v) for k, v in self.nix_args.items() if projectargs.matches(k, here)}
 
     def spec_dict(self, target: KernelTarget) -> dict[str, Any]:
         """The kernel.json content for ``target`` (a plain dict: listings build a thousand)."""

@@ -12,9 +12,10 @@ Imports: the standard library and nixkernel's own light modules only. This runs 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from . import environment, nix
@@ -32,6 +33,7 @@ from .describe import (
 )
 from .discovery import find_enclosing_project
 from .nix import NixKernelError, log
+from .projectargs import with_project_args
 
 MODE_CACHED, MODE_DIRECT = "cached", "direct"
 
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--library-shell", help="Nix environment applied to venv-only kernels")
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--nix", default="", help="nix executable (default: found on PATH)")
+    parser.add_argument(
+        "--nix-args",
+        type=json.loads,
+        default=None,
+        help="JSON {directory or glob: [flags]}: NixKernelSpecManager.nix_args for this kernel",
+    )
     parser.add_argument("--mode", choices=(MODE_CACHED, MODE_DIRECT), default=MODE_CACHED)
     parser.add_argument(
         "--no-stale",
@@ -102,11 +110,17 @@ def resolve_target(args: argparse.Namespace) -> KernelTarget:
     return targets[0]
 
 
-def target_source(target: KernelTarget, library_shell: str | None) -> NixSource | None:
+def target_source(
+    target: KernelTarget,
+    library_shell: str | None,
+    nix_args: Mapping[str, Sequence[str]] | None = None,
+) -> NixSource | None:
+    """The Nix environment ``target`` starts in, with the flags its project declares
+    (``.envrc``, ``nix_args``: see :mod:`nixkernel.projectargs`), or None (a plain venv)."""
     source = target.nix_source()
     if source is None and target.kind == KIND_VENV and library_shell:
-        return NixSource.parse(library_shell)
-    return source
+        source = NixSource.parse(library_shell)
+    return with_project_args(source, nix_args) if source is not None else None
 
 
 def ipykernel_hint(target: KernelTarget) -> str:
@@ -139,7 +153,7 @@ def plan_cached(
     target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
 ) -> Launch:
     """Exec plan from the cache (evaluating on a miss)."""
-    source = target_source(target, args.library_shell)
+    source = target_source(target, args.library_shell, args.nix_args)
     shell_vars: Mapping[str, str] = {}
     rc = ""
     if source is not None:
@@ -187,7 +201,7 @@ def plan_direct(
     target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
 ) -> Launch:
     """Exec plan that enters the shell with ``nix develop`` / ``nix-shell`` every time."""
-    source = target_source(target, args.library_shell)
+    source = target_source(target, args.library_shell, args.nix_args)
     if source is None:
         return plan_cached(target, args, server_env)
     nix_path = nix.find_nix(args.nix or None)
@@ -203,14 +217,18 @@ def plan_direct(
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
     if source.is_flake:
         if source.local_dir:
-            nix.check_flake_path(source.local_dir)
-        argv = [nix_path, "develop", *source.installable_args(), "-c", "bash", "-c", script]
+            nix.check_flake_path(source.local_dir, nix_path)
+        argv = nix.nix_command(
+            nix_path, "develop", *source.installable_args(), *source.args,
+            "-c", "bash", "-c", script,
+        )  # fmt: skip
         return Launch(nix_path, argv, env)
     nix_shell = os.path.join(os.path.dirname(nix_path), "nix-shell")
     argv = [
         nix_shell,
         source.location,
         *(["-A", source.attr] if source.attr else []),
+        *source.args,
         "--run",
         script,
     ]

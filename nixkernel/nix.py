@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .describe import NixSource
@@ -24,6 +24,15 @@ from .environment import which
 FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/bin/nix")
 
 _EVALUATING = re.compile(r"^evaluating file '(.+)'$")
+
+#: Given to every ``nix`` call, as nix-direnv does: ``nix print-dev-env``, ``nix eval`` and flakes
+#: then work on a stock Nix or NixOS that has not enabled these features in nix.conf.
+EXPERIMENTAL_FEATURES = ("--extra-experimental-features", "nix-command flakes")
+
+
+def nix_command(nix: str, *args: str) -> list[str]:
+    """The argv of ``nix ARGS...``, with the experimental features nixkernel relies on enabled."""
+    return [nix, *EXPERIMENTAL_FEATURES, *args]
 
 
 class NixKernelError(Exception):
@@ -100,25 +109,83 @@ def nix_identity(nix: str) -> str:
     return f"{real}|{st.st_size}|{st.st_mtime_ns}"
 
 
+class NixRelease(NamedTuple):
+    """What ``nix --version`` says: which implementation, and the Nix version it reports."""
+
+    implementation: str
+    """``"Nix"``, ``"Lix"`` or ``"Determinate Nix"`` (with its own version, e.g. ``3.6.2``)."""
+    version: str
+    """The Nix version (Lix: its own 2.9x numbering, forked from Nix 2.18)."""
+
+    @property
+    def numbers(self) -> tuple[int, ...]:
+        """``version`` as numbers to compare (``2.90.0-lix`` -> ``(2, 90, 0)``)."""
+        return version_numbers(self.version)
+
+    @property
+    def is_lix(self) -> bool:
+        return self.implementation.startswith("Lix")
+
+
+#: ``nix (Nix) 2.8.0``; ``nix (Determinate Nix 3.6.2) 2.29.0`` (DeterminateSystems/nix-src,
+#: src/libmain/shared.cc: ``"(Determinate Nix %s) %s"``); ``nix (Lix, like Nix) 2.91.1``
+#: (lix-project/lix, lix/libmain/shared.cc: ``"%1% (Lix, like Nix) %2%"``).
+_VERSION_LINE = re.compile(r"^\S+ \((?P<impl>[^)]*)\) (?P<version>\d+\.\d+\S*)")
+_VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?[\w.+-]*")
+
+
+def parse_release(text: str) -> NixRelease:
+    """The implementation and Nix version in ``nix --version`` output."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    match = _VERSION_LINE.match(first)
+    if match:
+        implementation = match.group("impl")
+        implementation = "Lix" if implementation.startswith("Lix") else implementation
+        return NixRelease(implementation, match.group("version"))
+    # Another layout: the last version-like word is the version (a prefix may carry its own).
+    versions = _VERSION.findall(first)
+    return NixRelease("Nix", versions[-1] if versions else first.strip())
+
+
 def parse_version(text: str) -> str:
-    """The version number in ``nix --version`` output (``nix (Nix) 2.8.0``, Lix's variant...)."""
-    match = re.search(r"(\d+\.\d+(?:\.\d+)?(?:[\w.+-]*)?)", text)
-    return match.group(1) if match else text.strip()
+    """The Nix version in ``nix --version`` output (``nix (Nix) 2.8.0``, Lix's and Determinate
+    Nix's variants: see :func:`parse_release`)."""
+    return parse_release(text).version
+
+
+def version_numbers(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version (``2.90.0-lix`` -> ``(2, 90, 0)``)."""
+    match = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(n) for n in match.group(0).split(".")) if match else ()
+
+
+#: ``nix --version`` per installation (:func:`nix_identity`): an evaluation asks more than once.
+_RELEASES: dict[str, NixRelease] = {}
+
+
+def nix_release(nix: str) -> NixRelease:
+    """What ``nix --version`` says, run once per Nix installation and process (misses only: a
+    cached environment is used without asking)."""
+    identity = nix_identity(nix)
+    release = _RELEASES.get(identity)
+    if release is None:
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise NixNotFoundError(
+                f"{nix} could not report its version: {exc}",
+                hint="Check that this Nix installation works: run `nix --version` in a terminal.",
+            ) from exc
+        release = _RELEASES[identity] = parse_release(out)
+    return release
 
 
 def nix_version(nix: str) -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise NixNotFoundError(
-            f"{nix} could not report its version: {exc}",
-            hint="Check that this Nix installation works: run `nix --version` in a terminal.",
-        ) from exc
-    return parse_version(out)
+    return nix_release(nix).version
 
 
 def git_toplevel(directory: str) -> str | None:
@@ -160,22 +227,61 @@ def untracked_flake_files(directory: str) -> list[str]:
     return [os.path.join(directory, n) for n in candidates if n not in tracked]
 
 
-#: Characters a flake reference's path may hold (RFC 3986 pchar): Nix parses flake references as
-#: URLs and does not percent-decode their paths, so other characters cannot be expressed.
-_FLAKE_PATH_OK = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@/]+$")
+#: A path flake reference before Nix 2.19 (and in Lix, forked from 2.18): each component matches
+#: ``fnRegex`` of flakeref.cc's parseFlakeRefWithFragment, ``[0-9a-zA-Z-._~!$&'"()*+,;=]+`` (no
+#: space, ``:``, ``@``, ``%`` or non-ASCII), as Nix does not percent-decode the path.
+_FLAKE_PATH_OK = re.compile(
+    r"^/?[0-9A-Za-z\-._~!$&'\"()*+,;=]+(?:/[0-9A-Za-z\-._~!$&'\"()*+,;=]+)*/?$"
+)
+#: What no Nix takes in a path flake reference: ``?`` and ``#`` start its query and fragment
+#: (parsePathFlakeRefWithFragment since 2.19: ``([^?#]*)...``), and ``^`` its outputs
+#: (ExtendedOutputsSpec::parse, since 2.13, splits at the last ``^``).
+_FLAKE_PATH_NEVER = "?#^"
+#: Nix 2.19 parses a path flake reference as everything up to ``?`` or ``#`` (flakeref.cc).
+ANY_FLAKE_PATH_SINCE = (2, 19)
 
 
-def check_flake_path(directory: str) -> None:
-    """Raise if Nix cannot name a flake in ``directory`` (spaces, non-ASCII, ``#``, ``?``...)."""
+def flake_path_problem(directory: str, release: NixRelease | None) -> str | None:
+    """Which characters of ``directory`` the given Nix cannot name in a flake reference (None
+    if it can). ``release`` may be None when the path is fine for every Nix."""
+    never = sorted({c for c in directory if c in _FLAKE_PATH_NEVER})
+    if never:
+        return ", ".join(repr(c) for c in never)
+    if _FLAKE_PATH_OK.match(directory):
+        return None
+    if release is not None and not release.is_lix and release.numbers >= ANY_FLAKE_PATH_SINCE:
+        return None
+    bad = sorted({c for c in directory if c != "/" and not _FLAKE_PATH_OK.match(c)})
+    return ", ".join(repr(c) for c in bad)
+
+
+def check_flake_path(directory: str, nix: str) -> None:
+    """Raise if the running Nix cannot name a flake in ``directory``: ``?``, ``#`` or ``^``
+    anywhere; before Nix 2.19 (and in Lix) also spaces, ``:``, ``@``, ``%``, non-ASCII...
+    Asks ``nix --version`` only for a path that only some versions accept."""
     if _FLAKE_PATH_OK.match(directory):
         return
-    bad = sorted({c for c in directory if not _FLAKE_PATH_OK.match(c)})
+    release = None
+    if not any(c in _FLAKE_PATH_NEVER for c in directory):
+        release = nix_release(nix)
+    bad = flake_path_problem(directory, release)
+    if bad is None:
+        return
+    rename = (
+        "rename the directory (and its parents) to use only letters, digits and -._~, or give "
+        "the project a shell.nix (e.g. with flake-compat), which works at any path."
+    )
+    if release is not None:
+        raise NixEvaluationError(
+            f"{release.implementation} {release.version} cannot use the flake in {directory!r}: "
+            f"its path contains {bad}, which flake references before Nix 2.19 cannot express "
+            "(a symlink does not help).",
+            hint=f"Upgrade to Nix 2.19 or newer (it takes any character but ? # ^), or {rename}",
+        )
     raise NixEvaluationError(
-        f"Nix cannot use the flake in {directory!r}: its path contains "
-        + ", ".join(repr(c) for c in bad)
-        + ", which Nix's flake references cannot express (a symlink does not help).",
-        hint="Rename the directory (and its parents) to use only letters, digits and -._~, or give "
-        "the project a shell.nix (e.g. with flake-compat), which works at any path.",
+        f"Nix cannot use the flake in {directory!r}: its path contains {bad}, which no Nix "
+        "flake reference can express (a symlink does not help).",
+        hint=rename[0].upper() + rename[1:],
     )
 
 
@@ -225,7 +331,7 @@ def print_dev_env(
     evaluation read. Raises :class:`NixEvaluationError` with an actionable message.
     """
     if source.is_flake and source.local_dir:
-        check_flake_path(source.local_dir)
+        check_flake_path(source.local_dir, nix)
         untracked = untracked_flake_files(source.local_dir)
         if untracked:
             raise NixEvaluationError(
@@ -235,13 +341,14 @@ def print_dev_env(
                 + " ".join(os.path.basename(u) for u in untracked)
                 + f"` in {source.local_dir} (no commit needed).",
             )
-    argv = [nix, "print-dev-env", "--json"]
+    argv = nix_command(nix, "print-dev-env", "--json")
     if profile:
         argv += ["--profile", profile]
     if not source.is_flake:
-        # Like nix-shell and nix-direnv: shell.nix functions may ask whether they run in a shell.
-        argv += ["-vv", "--arg", "inNixShell", "true"]
-    argv += source.installable_args()
+        argv += ["-vv"]
+    argv += nix_shell_semantics(nix, source)
+    argv += [*source.installable_args(), *source.args]
+    env = _evaluation_environment(source, env)
 
     def relay(line: str) -> None:
         if on_line is not None and not _is_chatter(line):
@@ -267,17 +374,36 @@ def print_dev_env(
     return DevEnv(data=data, evaluated_files=tuple(evaluated))
 
 
+def nix_shell_semantics(nix: str, source: NixSource) -> list[str]:
+    """The arguments that make ``nix print-dev-env --file`` evaluate a Nix file as nix-shell
+    of this Nix does (see :mod:`nixkernel.nixshell`); none for a flake."""
+    from . import nixshell  # an evaluation only: not on the warm path
+
+    return nixshell.in_nix_shell_args(nix, source)
+
+
+def _evaluation_environment(source: NixSource, env: dict[str, str] | None) -> dict[str, str] | None:
+    from . import nixshell
+
+    return nixshell.evaluation_environment(source, env)
+
+
 def flake_shell_names(
-    nix: str, directory: str, system: str, env: dict[str, str] | None = None
+    nix: str,
+    directory: str,
+    system: str,
+    env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs); none
+    when it has no ``devShells.<system>``."""
     import subprocess
 
-    check_flake_path(directory)
-    argv = [
+    check_flake_path(directory, nix)
+    argv = nix_command(
         nix, "eval", "--json", f"{directory}#devShells.{system}",
-        "--apply", "builtins.attrNames",
-    ]  # fmt: skip
+        "--apply", "builtins.attrNames", *extra_args,
+    )  # fmt: skip
     try:
         out = subprocess.run(
             argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
@@ -285,6 +411,10 @@ def flake_shell_names(
     except (OSError, subprocess.SubprocessError) as exc:
         raise NixEvaluationError(f"Could not run {argv[0]}: {exc}") from exc
     if out.returncode != 0:
+        if "does not provide attribute" in out.stderr:
+            # No devShells for this system (a legacy devShell.<system>, or only packages): the
+            # flake's one kernel is its default, which `nix develop` finds on its own.
+            return []
         raise explain_failure(
             NixSource("flake", directory, f"devShells.{system}"),
             out.stderr.splitlines(),
@@ -343,8 +473,9 @@ def explain_failure(source: NixSource, stderr_lines: list[str], status: int) -> 
                 details=f"Nix said:\n{excerpt}",
             )
     if source.is_flake and "does not provide attribute" in text:
+        wanted = source.attr or "default dev shell"
         return NixEvaluationError(
-            f"The flake {source.location} has no {source.attr}.",
+            f"The flake {source.location} has no {wanted}.",
             hint="Define it in flake.nix (devShells.<system>.<name> = pkgs.mkShell { ... };), or "
             "refresh the kernel list so it shows the shells the flake has.",
             details=f"Nix said:\n{excerpt}",

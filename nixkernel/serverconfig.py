@@ -295,7 +295,7 @@ def example_config() -> str:
     for name in sorted(traits, key=lambda n: (order.index(n) if n in order else len(order), n)):
         trait = traits[name]
         help_text = " ".join(trait.help.split())
-        lines = textwrap.wrap(help_text, width=96)
+        lines = textwrap.wrap(help_text, width=96, break_on_hyphens=False)
         default = trait.default_value_repr()
         # A default computed at run time (@default) is described in the help instead.
         computed = name in getattr(NixKernelSpecManager, "_trait_default_generators", {})

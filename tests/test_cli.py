@@ -362,14 +362,19 @@ def test_machine_detection_reads_nixos_marker_and_nix_ld(tmp_path):
 
 
 def test_nix_feature_and_nixpkgs_checks_read_the_real_nix(nix, monkeypatch, tmp_path):
+    """Features missing from Nix's settings are reported, not failed: nixkernel enables them on
+    its own calls (see test_nix_calls.py); the fix is for `nix develop` typed by hand."""
     monkeypatch.setenv("NIX_CONFIG", "experimental-features = nix-command")
     check = doctor.check_experimental_features(nix)
-    assert check.status == doctor.FAIL and "flakes" in check.message
+    assert check.status == doctor.OK and "flakes" in check.message
+    assert "nixkernel enables them" in check.message
     assert "experimental-features = nix-command flakes" in check.fix
-    assert doctor.check_experimental_features(nix, need_flakes=False).status == doctor.OK
+    assert doctor.check_experimental_features(nix, need_flakes=False).message.startswith(
+        "Nix experimental features: nix-command"
+    )
     monkeypatch.setenv("NIX_CONFIG", "experimental-features =")
     check = doctor.check_experimental_features(nix)
-    assert check.status == doctor.FAIL and "nix-command" in check.message
+    assert check.status == doctor.OK and "nix-command" in check.message
 
     monkeypatch.setenv("NIX_PATH", "")
     check = doctor.check_nixpkgs(nix, ["/p/shell.nix"])
