@@ -110,7 +110,16 @@ def rules(semantics: str, version: str, impl: str = "nix") -> dict:
             "shell_level": lix and v >= (2, 95),
             "log_fd": lix and v >= (2, 95),
         }
-    if v >= (2, 25):
+    if lix:
+        # Lix's nix-build.cc: 2.90 as Nix 2.18; defaultTempDir() from 2.91; since 2.94 a
+        # directory of its own when TMPDIR is unset; NIX_SHELL_LEVEL and NIX_LOG_FD from 2.95.
+        if v >= (2, 94):
+            tmp = "caller-else-dir"
+        elif v >= (2, 91):
+            tmp = "caller-nonempty"
+        else:
+            tmp = "caller-xdg"
+    elif v >= (2, 25):
         tmp = "dir"  # nix-build.cc 2.25: env[...] = tmpDir.path(), a directory per call
     elif v >= (2, 23):
         tmp = "caller-nonempty"  # getEnvNonEmpty("TMPDIR").value_or("/tmp")
@@ -124,12 +133,13 @@ def rules(semantics: str, version: str, impl: str = "nix") -> dict:
         "tmp": tmp,
         "shlvl": 1,  # `--run` runs the command as a child of nix-shell's bash
         "keep_ssl_cert": True,
-        "shell_level": False,
-        "log_fd": False,
+        "shell_level": lix and v >= (2, 95),
+        "log_fd": lix and v >= (2, 95),
         # develop.cc 2.13 renames the -env derivation's `name`; nix-shell keeps the real one.
         "strip_env_suffix": lix or v >= (2, 13),
-        # nix-build.cc 2.31: structured attrs left drv.env, so `__json` is no longer exported.
-        "export_json": not lix and v < (2, 31),
+        # nix-build.cc 2.31: structured attrs left drv.env, so `__json` is no longer exported
+        # (Lix's still exports it).
+        "export_json": lix or v < (2, 31),
     }
 
 
@@ -305,14 +315,15 @@ def prepare(
         # bash drops an OLDPWD that is not a directory when it starts; develop's rc sets it.
         rc_lines.append(f"export OLDPWD={_quote(exported['OLDPWD'])}")
     functions = dev_env.get("bashFunctions")
-    for name, body in sorted(functions.items()) if isinstance(functions, Mapping) else []:
+    functions = functions if isinstance(functions, Mapping) else {}
+    for name, body in sorted(functions.items()):
         if isinstance(name, str) and _FUNCTION_NAME.match(name) and isinstance(body, str):
             rc_lines.append(f"{name} ()\n{{\n{_rewrite(body.replace(chr(0), ''), rewrites)}\n}}")
     if nix_shell:
         # nix-build.cc's rc: stdenv's runHook runs `shellHook` and the `shellHooks` array.
-        runs = "runHook" in (functions or {}) and (
+        runs = "runHook" in functions and (
             _has_text(variables.get("shellHook"))
-            or "shellHook" in (functions or {})
+            or "shellHook" in functions
             or _has_items(variables.get("shellHooks"))
         )
         rc_lines.append('if [ "$(type -t runHook)" = function ]; then runHook shellHook; fi')

@@ -193,6 +193,8 @@ def temporary_directory(shell: Mapping, server_env: Mapping[str, str]) -> dict[s
         path = _make_directory(base, f"nix-shell-{os.getpid()}-")
     elif rule == "caller-nonempty":
         path = base
+    elif rule == "caller-else-dir":
+        path = tmpdir or _make_directory("/tmp", f"nix-shell-{os.getpid()}-")
     elif rule == "caller-nonempty-xdg":
         path = tmpdir or server_env.get("XDG_RUNTIME_DIR") or "/tmp"
     elif rule == "caller-xdg":
