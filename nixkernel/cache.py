@@ -3,9 +3,13 @@
 Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the cache root::
 
     <root>/envs/<slug>-<hash>/
-        entry.json          what the kernel needs to start: variables, the shellHook script,
-                            and the key it was made under (inputs, system, Nix, NIX_PATH)
+        entry.json          what the kernel needs to start: variables, the rules of the Nix
+                            that made them (nixkernel.devshell), and the key it was made under
+                            (inputs, system, Nix, NIX_PATH)
+        rc-<hash>.sh        the shellHook script (bash sources it: no argv size limit)
+        attrs-<hash>.sh/.json, attr-<hash>   structured-attrs and passAsFile files
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
+        bash -> /nix/store/...-bash-interactive   nix-shell's bash (shell.nix, with <nixpkgs>)
         lock                held while one launcher evaluates; the others wait and reuse
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
@@ -29,13 +33,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from . import environment, nix
+from . import nix
 from .describe import NixSource, current_system, slugify
 from .discovery import walk_dirs
 
-SCHEMA = 1
+if TYPE_CHECKING:
+    from . import devshell
+
+SCHEMA = 2
 ENTRY_FILE = "entry.json"
 PROFILE = "profile"
 
@@ -172,7 +179,7 @@ class EnvironmentCache:
                 entry = json.load(f)
         except (OSError, ValueError):
             return None
-        return entry if _well_formed(entry) else None
+        return entry if _well_formed(entry) and _files_in(entry, slot) else None
 
     def key(self, source: NixSource, nix_path: str | None, inputs: list[str]) -> dict:
         """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``)."""
@@ -194,6 +201,8 @@ class EnvironmentCache:
         """``fresh``, ``stale`` or ``none`` (no entry, or its store paths were collected)."""
         if entry is None or not all(os.path.exists(p) for p in entry["store_paths"]):
             return NONE
+        if not all(os.path.exists(p) for p in entry["files"]):
+            return NONE  # a file the kernel needs was removed from the slot
         recorded = entry["key"]
         inputs = sorted(set(recorded["inputs"]) | set(watched_inputs(source)))
         now = self.key(source, nix_path, inputs)
@@ -250,30 +259,47 @@ class EnvironmentCache:
         on_line: Callable[[str], None] | None = None,
     ) -> dict:
         """Run Nix for ``source`` and store the result as its slot's entry (under the lock)."""
+        from . import devshell  # only on a miss
+
         slot = self.slot(source)
         self._make_private_dir(slot)
-        version = nix.nix_version(nix_path)
+        version_line = devshell.version_line(nix_path)
+        version = nix.parse_version(version_line) if version_line else nix.nix_version(nix_path)
         dev_env = nix.print_dev_env(
             nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
         )
-        variables = environment.exported_variables(dev_env.data)
-        hook = environment.shell_hook(dev_env.data)
         profile_target = _profile_target(slot)
+        prepared, bash = _prepare(source, nix_path, slot, dev_env, version, version_line)
+        paths = {name: os.path.join(slot, name) for name in prepared.files}
+        for name, content in prepared.files.items():
+            _write_file(slot, name, content)
+        rc = ""
+        if prepared.hook:
+            rc = os.path.join(slot, devshell._file_name("rc", prepared.hook, ".sh"))
+            _write_file(slot, os.path.basename(rc), prepared.hook)
         inputs = sorted(
             set(watched_inputs(source)) | set(_evaluated_inputs(dev_env.evaluated_files))
         )
+        variables = prepared.variables
         entry = {
             "schema": SCHEMA,
             "key": self.key(source, nix_path, inputs),
             "nix_version": version,
+            "nix_version_line": version_line,
             "created": time.time(),
             "profile": profile_target,
-            "store_paths": store_paths(variables, profile_target),
+            "store_paths": [
+                p for p in store_paths(variables, profile_target) if p not in prepared.unbuilt
+            ]
+            + ([bash] if bash else []),
             "variables": variables,
-            "rc": environment.rc_script(dev_env.data) if hook.strip() else "",
+            "shell": prepared.model,
+            "rc": rc,
+            "files": sorted(paths.values()) + ([rc] if rc else []),
         }
         self.store(slot, entry)
         _drop_old_generations(slot, profile_target)
+        _drop_unused_files(slot, entry["files"])
         return entry
 
     def ensure(
@@ -383,6 +409,79 @@ class EnvironmentCache:
         os.replace(tmp, path)
 
 
+def _prepare(
+    source: NixSource, nix_path: str, slot: str, dev_env: nix.DevEnv, version: str, line: str
+) -> tuple[devshell.Prepared, str | None]:
+    """The kernel's environment by the rules of ``nix develop`` (flakes) or ``nix-shell`` (Nix
+    files) of this Nix version; and nix-shell's bashInteractive, when there is one."""
+    from . import devshell
+
+    data = dev_env.data
+    bash = None
+    derivation = None
+    if source.is_flake:
+        semantics = devshell.DEVELOP
+    else:
+        semantics = devshell.NIX_SHELL
+        bash = devshell.nix_shell_bash(nix_path, os.path.join(slot, "bash"))
+        name = (data.get("variables", {}).get("name") or {}).get("value")
+        if isinstance(name, str):
+            drv = devshell.shell_derivation(dev_env.derivations, name) or (
+                devshell.shell_derivation(dev_env.derivations, name[: -len("-env")])
+                if name.endswith("-env")
+                else None
+            )
+            derivation = devshell.read_derivation(drv) if drv else None
+    prepared = devshell.prepare(
+        data,
+        semantics=semantics,
+        version=version,
+        impl=devshell.implementation(line),
+        # Where nix develop would put outputs/: the flake's directory (the project's, as the
+        # kernel's hook runs there); one cached environment serves every kernel of the source.
+        project=source.local_dir or slot,
+        slot=slot,
+        derivation=derivation,
+        gcroot=_profile_target(slot),
+        bash=bash,
+    )
+    return prepared, os.path.dirname(os.path.dirname(bash)) if bash else None
+
+
+def _write_file(slot: str, name: str, content: str) -> None:
+    """Write a content-addressed file of the slot atomically (an existing one is the same)."""
+    import tempfile
+
+    path = os.path.join(slot, name)
+    if os.path.exists(path):
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".file-", suffix=".tmp", dir=slot)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _drop_unused_files(slot: str, keep: list[str]) -> None:
+    """Remove the files of earlier evaluations that the current entry no longer names."""
+    wanted = {os.path.basename(p) for p in keep}
+    for name in os.listdir(slot):
+        if re.fullmatch(r"(rc|attrs|attr)-[0-9a-f]{16}(\.sh|\.json)?", name) and name not in wanted:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(slot, name))
+
+
+def _files_in(entry: dict, slot: str) -> bool:
+    """The entry's files are the slot's own (bash sources the rc: never one from elsewhere)."""
+    return all(os.path.dirname(p) == slot for p in entry["files"]) and (
+        not entry["rc"] or entry["rc"] in entry["files"]
+    )
+
+
 def _nix_or_none(nix_executable: str | None) -> str | None:
     """The nix to use, or None: a cached environment can be checked and used without Nix."""
     try:
@@ -437,6 +536,9 @@ def _well_formed(entry: object) -> bool:
         and isinstance(variables, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items())
         and isinstance(entry.get("rc"), str)
+        and isinstance(entry.get("shell"), dict)
         and isinstance(entry.get("store_paths"), list)
         and all(isinstance(p, str) for p in entry["store_paths"])
+        and isinstance(entry.get("files"), list)
+        and all(isinstance(p, str) for p in entry["files"])
     )

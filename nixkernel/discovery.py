@@ -131,16 +131,34 @@ def discover(roots: list[str], max_depth: int = 3) -> list[Project]:
 
 
 def find_enclosing_project(start: str, stop_at: str | None = None) -> Project | None:
-    """The nearest project at or above ``start``: used by the project-following kernel."""
+    """The nearest project at or above ``start``: used by the project-following kernel.
+
+    The search stops where ``nix develop``'s search for an enclosing ``flake.nix`` does
+    (flakeref.cc ``parsePathFlakeRefWithFragment``, Nix 2.4 to 2.34): after a directory that
+    holds ``.git`` (the repository's root) and at a file-system boundary, and ``/`` itself is
+    never looked at. A notebook in a repository is not given the project of whatever directory
+    happens to hold the repository.
+    """
     current = os.path.abspath(start)
-    while True:
+    try:
+        device = os.lstat(current).st_dev
+    except OSError:
+        return None
+    while current != "/":
         project = project_at(current)
         if project is not None:
             return project
-        parent = os.path.dirname(current)
-        if parent == current or (stop_at is not None and current == os.path.abspath(stop_at)):
+        try:
+            if os.path.lexists(os.path.join(current, ".git")):
+                return None
+            if os.lstat(current).st_dev != device:
+                return None
+        except OSError:
             return None
-        current = parent
+        if stop_at is not None and current == os.path.abspath(stop_at):
+            return None
+        current = os.path.dirname(current)
+    return None
 
 
 def _links_last(entry: os.DirEntry[str]) -> tuple[bool, str]:

@@ -43,11 +43,12 @@ FALLBACK_SCRIPT = os.path.join(_BOOT, "fallback.py")
 
 
 class Launch(NamedTuple):
-    """What to exec: ``executable`` with ``argv`` in ``env``."""
+    """What to exec: ``executable`` with ``argv`` in ``env`` (in directory ``cwd``, if given)."""
 
     executable: str
     argv: list[str]
     env: dict[str, str]
+    cwd: str | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +157,7 @@ def plan_cached(
     source = target_source(target, args.library_shell, args.nix_args)
     shell_vars: Mapping[str, str] = {}
     rc = ""
+    model: Mapping | None = None
     if source is not None:
         cache = EnvironmentCache(args.cache_dir)
         resolved = cache.ensure(source, args.nix or None, allow_stale=args.stale, on_line=log)
@@ -164,7 +166,11 @@ def plan_cached(
         elif resolved.evaluated:
             log(f"evaluated {source.describe()} and cached it")
         shell_vars, rc = resolved.entry["variables"], resolved.entry["rc"]
-    env = environment.kernel_environment(shell_vars, server_env, target.venv)
+        model = resolved.entry["shell"]
+    cwd = os.getcwd()
+    env = environment.kernel_environment(shell_vars, server_env, target.venv, model, cwd)
+    if model is not None:
+        env.update(environment.temporary_directory(model, server_env))
     python = find_python(target, env)
     env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
     env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
@@ -180,8 +186,10 @@ def plan_cached(
             "The shell has a shellHook, but there is no bash on its PATH or the server's.",
             hint="Add bash to the shell's packages (pkgs.bashInteractive).",
         )
-    # bash -c RC NAME ARGS...: the rc script runs the hook, then `exec "$@"` replaces bash.
-    return Launch(bash, [bash, "--noprofile", "--norc", "-c", rc, "nixkernel-shell", *kernel], env)
+    # The hook runs in the project's root (as for nix-direnv and a terminal user), with no
+    # positional parameters; then `exec` replaces bash with the kernel, in the notebook's folder.
+    argv = environment.hook_argv(bash, rc, target.project, cwd, kernel, model, server_env)
+    return Launch(bash, argv, env)
 
 
 def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
@@ -200,7 +208,9 @@ def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
 def plan_direct(
     target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
 ) -> Launch:
-    """Exec plan that enters the shell with ``nix develop`` / ``nix-shell`` every time."""
+    """Exec plan that enters the shell with ``nix develop`` / ``nix-shell`` every time, started
+    in the project's root (where the shellHook runs); the command then moves to the kernel's own
+    directory, leaving ``OLDPWD`` as it was."""
     source = target_source(target, args.library_shell, args.nix_args)
     if source is None:
         return plan_cached(target, args, server_env)
@@ -215,6 +225,11 @@ def plan_direct(
     if target.venv:
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
+    cwd = shlex.quote(os.getcwd())
+    script = (
+        f'if [ -n "${{OLDPWD+set}}" ]; then o=$OLDPWD; cd -- {cwd} || exit 1; OLDPWD=$o; unset o; '
+        f"else cd -- {cwd} || exit 1; unset OLDPWD; fi; {script}"
+    )
     if source.is_flake:
         if source.local_dir:
             nix.check_flake_path(source.local_dir, nix_path)
@@ -222,7 +237,7 @@ def plan_direct(
             nix_path, "develop", *source.installable_args(), *source.args,
             "-c", "bash", "-c", script,
         )  # fmt: skip
-        return Launch(nix_path, argv, env)
+        return Launch(nix_path, argv, env, cwd=target.project)
     nix_shell = os.path.join(os.path.dirname(nix_path), "nix-shell")
     argv = [
         nix_shell,
@@ -232,7 +247,7 @@ def plan_direct(
         "--run",
         script,
     ]
-    return Launch(nix_shell, argv, env)
+    return Launch(nix_shell, argv, env, cwd=target.project)
 
 
 def fallback(message: str, connection_file: str) -> Launch:
@@ -266,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
+        if launch.cwd:
+            os.chdir(launch.cwd)
         os.execve(launch.executable, launch.argv, launch.env)
     except OSError as exc:
         # E.g. an interpreter whose program loader is missing (a downloaded Python on NixOS):

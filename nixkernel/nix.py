@@ -24,6 +24,7 @@ from .environment import which
 FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/bin/nix")
 
 _EVALUATING = re.compile(r"^evaluating file '(.+)'$")
+_INSTANTIATED = re.compile(r"^instantiated '(.*)' -> '(/.+\.drv)'$")
 
 #: Given to every ``nix`` call, as nix-direnv does: ``nix print-dev-env``, ``nix eval`` and flakes
 #: then work on a stock Nix or NixOS that has not enabled these features in nix.conf.
@@ -68,6 +69,9 @@ class DevEnv(NamedTuple):
     """The JSON document: ``variables`` and ``bashFunctions``."""
     evaluated_files: tuple[str, ...] = ()
     """Files the evaluation read, from ``-vv`` (``evaluating file '...'``)."""
+    derivations: tuple[tuple[str, str], ...] = ()
+    """``(name, .drv path)`` of each derivation the evaluation wrote, in order, from ``-vv``
+    (``instantiated 'NAME' -> '/nix/store/...drv'``): the shell's own is the last of its name."""
 
 
 def find_nix(configured: str | None = None) -> str:
@@ -367,11 +371,14 @@ def print_dev_env(
             hint="Check that this Nix supports `nix print-dev-env --json` (Nix 2.4 or newer).",
         ) from exc
     evaluated = []
+    derivations = []
     for line in lines:
         match = _EVALUATING.match(line.strip())
         if match:
             evaluated.append(match.group(1))
-    return DevEnv(data=data, evaluated_files=tuple(evaluated))
+        elif match := _INSTANTIATED.match(line.strip()):
+            derivations.append((match.group(1), match.group(2)))
+    return DevEnv(data=data, evaluated_files=tuple(evaluated), derivations=tuple(derivations))
 
 
 def nix_shell_semantics(nix: str, source: NixSource) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +153,67 @@ def test_flake_with_venv_gives_venv_python_inside_the_shell(tmp_path: Path) -> N
     # Without venvs, the flake kernel runs the shell's own Python.
     (plain,) = describe(project, include_venvs=False)
     assert plain.venv is None and plain.display_name == "api (flake)"
+
+
+def test_enclosing_project_is_the_nearest_one_above(tmp_path: Path) -> None:
+    touch(tmp_path / "outer" / "shell.nix")
+    touch(tmp_path / "outer" / "inner" / "flake.nix")
+    (tmp_path / "outer" / "inner" / "notebooks" / "deep").mkdir(parents=True)
+    found = discovery.find_enclosing_project(
+        str(tmp_path / "outer" / "inner" / "notebooks" / "deep")
+    )
+    assert found is not None and found.path == str(tmp_path / "outer" / "inner") and found.flake
+
+
+def test_enclosing_project_stops_at_a_git_boundary(nix: str, tmp_path: Path) -> None:
+    """`nix develop` in a repository without a flake.nix does not take one from above the
+    repository (flakeref.cc: "is not part of a flake", 2.4 to 2.34); nor does the
+    project-following kernel take a project from above a repository's root."""
+    touch(tmp_path / "flake.nix", "{ outputs = { self }: { }; }")
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    notebooks = repo / "notebooks"
+    notebooks.mkdir()
+    assert discovery.find_enclosing_project(str(notebooks)) is None
+    refused = subprocess.run(
+        [nix, "develop", "-c", "true"], cwd=notebooks, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "not part of a flake" in refused.stderr
+    # A repository that is itself the project is found, .git and all.
+    touch(repo / "shell.nix")
+    found = discovery.find_enclosing_project(str(notebooks))
+    assert found is not None and found.path == str(repo)
+
+
+def test_enclosing_project_stops_at_a_file_system_boundary(nix: str, tmp_path: Path) -> None:
+    """`nix develop` stops searching up at the first directory on another file system than
+    where it started that holds no flake.nix ("unable to find a flake before encountering
+    filesystem boundary", flakeref.cc 2.4 to 2.34: flake.nix and .git are looked for before
+    the device is compared, so the directory a file system is mounted in still counts). The
+    project-following kernel stops at the same place. Checked in a private mount namespace,
+    with a tmpfs mounted two levels below a flake."""
+    unshare = shutil.which("unshare")
+    probe = subprocess.run([unshare or "unshare", "--mount", "true"], capture_output=True)
+    if unshare is None or probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount)")
+    touch(tmp_path / "flake.nix", "{ outputs = { self }: { }; }")
+    mount = tmp_path / "data" / "mnt"
+    mount.mkdir(parents=True)
+    code = (
+        "from nixkernel.discovery import find_enclosing_project as f; "
+        f"print(f({str(mount / 'nb')!r}), f({str(mount / 'nb')!r}) == f({str(mount)!r}))"
+    )
+    script = (
+        f"mount -t tmpfs tmpfs {mount} && mkdir {mount}/nb && "
+        f"{sys.executable} -c {shlex.quote(code)} && cd {mount}/nb && {nix} develop -c true"
+    )
+    result = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True, text=True, cwd=Path(discovery.__file__).parent.parent,
+    )  # fmt: skip
+    assert result.stdout.strip() == "None True", result.stderr
+    assert result.returncode != 0 and "filesystem boundary" in result.stderr
+    # Without the mount, the same directory is inside the flake.
+    (mount / "nb").mkdir()
+    found = discovery.find_enclosing_project(str(mount / "nb"))
+    assert found is not None and found.path == str(tmp_path)

@@ -48,7 +48,7 @@ def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, 
     info = probe(kernel_runner(manager, name, PROBE, cwd=project))
 
     assert info["GREETING"] == "hello from the dev shell"
-    # shellHook ran, in the kernel's working directory (the notebook's folder).
+    # shellHook ran, in the project's root (here also the notebook's folder).
     assert info["HOOK_RAN_IN"] == str(project)
     assert info["cwd"] == str(project)
     assert info["IN_NIX_SHELL"] == "impure"
@@ -58,10 +58,12 @@ def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, 
     )
     assert info["path"].split(":")[0].startswith("/nix/store/")
     assert os.environ["PATH"].split(":")[0] in info["path"].split(":")
-    # Sandbox variables of the build do not leak into the kernel.
+    # Sandbox variables of the build do not leak into the kernel: as `nix develop` does, each
+    # start gets a new temporary directory (develop.cc: mktemp -d -t nix-shell.XXXXXX).
     assert info["HOME"] == os.environ.get("HOME")
-    assert info["NIX_BUILD_TOP"] is None
-    assert not (info["TMPDIR"] or "").startswith("/tmp/nix-build-")
+    assert info["NIX_BUILD_TOP"] == info["TMPDIR"]
+    assert os.path.basename(info["TMPDIR"]).startswith("nix-shell.")
+    assert os.path.isdir(info["TMPDIR"])
 
 
 def test_python_the_shellhook_puts_first_on_path_runs_the_kernel(
@@ -141,11 +143,13 @@ def test_second_start_uses_the_cache_without_running_nix(
     second = probe(kernel_runner(manager, name, PROBE, project))
     assert len(counting_nix.calls()) == calls_after_first, counting_nix.calls()
     assert second["GREETING"] == first["GREETING"]
-    # ...and the hook still runs at every start, in that start's directory.
+    # ...and the hook still runs at every start, in the project's root, before the kernel
+    # starts in its own (the notebook's) folder.
     sub = project / "notebooks"
     sub.mkdir()
     third = probe(kernel_runner(manager, name, PROBE, sub))
-    assert third["HOOK_RAN_IN"] == str(sub)
+    assert third["HOOK_RAN_IN"] == str(project)
+    assert third["cwd"] == str(sub)
     assert len(counting_nix.calls()) == calls_after_first
 
 

@@ -9,6 +9,7 @@ is valid bash.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -168,3 +169,37 @@ def test_hostile_rc_script_is_valid_bash() -> None:
     assert "\0" not in rc and "bad name;" not in rc
     result = subprocess.run([BASH, "-n", "-c", rc], capture_output=True, text=True)
     assert result.returncode == 0, (rc, result.stderr)
+
+
+@SETTINGS
+@given(dev_envs, st.sampled_from(["nix develop", "nix-shell"]), server_envs)
+def test_prepared_model_never_crashes_nor_leaks_sandbox_values(
+    dev_env: dict, semantics: str, server: dict
+) -> None:
+    """nixkernel.devshell.prepare on any document: its variables are execve-safe and hold no
+    sandbox value, and the environment built from the model is too."""
+    from nixkernel import devshell
+
+    result = devshell.prepare(
+        dev_env, semantics=semantics, version="2.26.3", project="/p", slot="/slot"
+    )
+    assert_execve_safe(result.variables)
+    assert not set(result.variables) & (SANDBOX_VARIABLES - {"SSL_CERT_FILE"})
+    assert "\0" not in result.hook
+    env = environment.kernel_environment(result.variables, server, None, result.model, "/p")
+    assert_execve_safe(env)
+    json.dumps(result.model)  # it is stored in the cache entry
+
+
+@settings(max_examples=6, deadline=None)
+@given(dev_envs_with_valid_functions, st.sampled_from(["nix develop", "nix-shell"]))
+def test_prepared_hook_is_valid_bash(dev_env: dict, semantics: str) -> None:
+    from nixkernel import devshell
+
+    dev_env["variables"]["shellHook"] = {"type": "exported", "value": "true"}
+    dev_env["bashFunctions"]["runHook"] = "true"
+    hook = devshell.prepare(
+        dev_env, semantics=semantics, version="2.34.8", project="/p", slot="/slot"
+    ).hook
+    result = subprocess.run([BASH, "-n", "-c", hook], capture_output=True, text=True)
+    assert result.returncode == 0, (hook, result.stderr)
