@@ -312,7 +312,7 @@ class NixKernelSpecManager(KernelSpecManager):
         return {key: value for key, value in info.items() if value}
 
     def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
-        return KernelSpec(resource_dir=RESOURCES, **self.spec_dict(target))
+        return self.kernel_spec_class(resource_dir=RESOURCES, **self.spec_dict(target))
 
     def project_kernel_target(self) -> KernelTarget:
         return KernelTarget(
@@ -326,9 +326,15 @@ class NixKernelSpecManager(KernelSpecManager):
         self._wait_for_scan()
         return self._own
 
+    def allowed(self, name: str) -> bool:
+        """Whether ``allowed_kernelspecs`` (or the older ``whitelist``, which jupyter_client
+        copies into it) lets a kernel through: an administrator's allow list hides nixkernel's
+        kernels as it hides installed ones."""
+        return not self.allowed_kernelspecs or name in self.allowed_kernelspecs
+
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
-        specs.update(dict.fromkeys(self._own_targets(), RESOURCES))
+        specs.update({name: RESOURCES for name in self._own_targets() if self.allowed(name)})
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
@@ -339,6 +345,8 @@ class NixKernelSpecManager(KernelSpecManager):
         """
         target = self._own_targets().get(kernel_name.lower())
         if target is not None:
+            if not self.allowed(target.name):
+                raise NoSuchKernel(kernel_name)
             return self.kernel_spec_for(target)
         if self.keep_native_kernels:
             return super().get_kernel_spec(kernel_name)
@@ -362,6 +370,10 @@ class NixKernelSpecManager(KernelSpecManager):
         return self._all_specs()
 
     def _all_specs(self) -> dict[str, dict[str, Any]]:
+        if self._spec_methods_overridden():
+            # As the stock manager does for subclasses: their own find_kernel_specs and
+            # get_kernel_spec (and kernel_spec_class) decide what is listed.
+            return KernelSpecManager.get_all_specs(self)
         specs: dict[str, dict[str, Any]] = {}
         if self.keep_native_kernels:
             for name, resource_dir in super().find_kernel_specs().items():
@@ -371,8 +383,24 @@ class NixKernelSpecManager(KernelSpecManager):
                     self.log.warning("Error loading kernelspec %r", name, exc_info=True)
                     continue
                 specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
-        specs.update(self._listing)
+        if self.allowed_kernelspecs:
+            specs.update({k: v for k, v in self._listing.items() if self.allowed(k)})
+        else:
+            specs.update(self._listing)
         return specs
+
+    def _spec_methods_overridden(self) -> bool:
+        """Whether a subclass overrides find_kernel_specs or get_kernel_spec (but not
+        get_all_specs), or uses its own kernel_spec_class: then the in-memory listing, built
+        from nixkernel's own specs, would bypass them."""
+        cls = type(self)
+        if cls.get_all_specs is not NixKernelSpecManager.get_all_specs:
+            return False
+        return (
+            cls.find_kernel_specs is not NixKernelSpecManager.find_kernel_specs
+            or cls.get_kernel_spec is not NixKernelSpecManager.get_kernel_spec
+            or self.kernel_spec_class is not KernelSpec
+        )
 
     def remove_kernel_spec(self, name: str) -> str:
         if name.lower() in self._own_targets():
