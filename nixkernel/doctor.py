@@ -269,6 +269,7 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     label = target.display_name
     source = target_source(target, manager.venv_library_shell or None)
     variables: Mapping[str, str] = {}
+    shell_path: str | None = None
     if source is not None:
         state, entry = manager.cache.inspect(source, manager.nix_executable or None)
         if entry is None or state == "none":
@@ -279,9 +280,10 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
                 subject=target.project,
             )
         variables = entry["variables"]
+        shell_path = variables.get("PATH", "")
     env = kernel_environment(variables, os.environ, target.venv)
     try:
-        python = find_python(target, env)
+        python = find_python(target, env, shell_path)
         result = _run([python, "-c", "import ipykernel"], env=env)
     except nix.NixKernelError as exc:
         return Check(FAIL, f"{label}: {exc.message}", exc.hint, subject=target.project)

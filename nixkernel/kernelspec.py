@@ -19,18 +19,19 @@ import platformdirs
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, Enum, Float, Int, List, Unicode, default
 
-from . import nix
+from . import interpreter, nix
 from .cache import EnvironmentCache
 from .describe import (
     KIND_AUTO,
     KIND_FLAKE,
+    KIND_SHELL_NIX,
     PROJECT_KERNEL_NAME,
     KernelTarget,
     current_system,
     describe,
 )
 from .discovery import discover
-from .launch import MODE_CACHED
+from .launch import MODE_CACHED, target_source
 
 RESOURCES = str(Path(__file__).parent / "resources")
 #: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
@@ -39,6 +40,35 @@ LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
 
 #: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
 _SPEC_DEFAULTS = {k: v for k, v in KernelSpec().to_dict().items() if k != "argv"}
+
+
+#: Where a Jupyter configuration sets the kernels' transport encryption policy.
+ENCRYPTION_CONFIG_SECTIONS = (
+    "MappingKernelManager", "AsyncMappingKernelManager", "ServerKernelManager", "KernelManager",
+)  # fmt: skip
+
+
+def encryption_metadata(curve: bool) -> dict[str, list[str]]:
+    """The kernelspec metadata jupyter_client (8.10+) reads to hand a kernel CurveZMQ keys."""
+    return {"supported_encryption": [interpreter.CURVE]} if curve else {}
+
+
+def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> KernelTarget:
+    """``target``, with a problem if its shell was evaluated and has no python3 on its own
+    PATH (a Go, Rust or library-only shell): such a kernel cannot start Python."""
+    if target.venv or target.problem or target.kind not in (KIND_FLAKE, KIND_SHELL_NIX):
+        return target
+    source = target.nix_source()
+    facts = interpreter.cached_shell_facts(cache.slot(source)) if source else None
+    if facts is None or facts.python is not None:
+        return target
+    return target._replace(problem=NO_PYTHON_PROBLEM)
+
+
+NO_PYTHON_PROBLEM = (
+    "The shell has no Python: no python3 on its PATH (as last evaluated), so it cannot run a "
+    f"Python kernel. To fix it, {interpreter.NO_PYTHON_HINT}."
+)
 
 
 class NixKernelSpecManager(KernelSpecManager):
@@ -164,7 +194,7 @@ class NixKernelSpecManager(KernelSpecManager):
         for project in discover(self.project_dirs, self.max_depth):
             shells = cache.flake_shells(project.path) if project.flake else None
             targets.extend(describe(project, shells, self.include_venvs, library_shell))
-        return targets
+        return [without_python_problem(t, cache) for t in targets]
 
     def refresh(self) -> list[KernelTarget]:
         """Re-scan synchronously and replace the in-memory listing."""
@@ -299,8 +329,39 @@ class NixKernelSpecManager(KernelSpecManager):
             "display_name": target.display_name,
             "language": "python",
             "interrupt_mode": "signal",
-            "metadata": {"debugger": True, "nixkernel": self._metadata(target)},
+            "metadata": {
+                "debugger": True,
+                **encryption_metadata(self.declares_curve(target)),
+                "nixkernel": self._metadata(target),
+            },
         }
+
+    def transport_encryption_policy(self) -> str:
+        """The server's ``transport_encryption`` ("disabled", "auto", "required"): its kernel
+        manager's, else what the configuration (the same files for the command line) says."""
+        value = getattr(getattr(self.parent, "kernel_manager", None), "transport_encryption", None)
+        if value is None:
+            for section in ENCRYPTION_CONFIG_SECTIONS:
+                if section in self.config and "transport_encryption" in self.config[section]:
+                    value = self.config[section]["transport_encryption"]
+                    break
+        return str(value or "disabled").lower()
+
+    def declares_curve(self, target: KernelTarget) -> bool:
+        """Whether ``target``'s spec offers CurveZMQ encryption: when its environment's ipykernel
+        is known to support it, so that under "auto" a kernel that cannot is never handed keys
+        (it would not answer). Under "required" every spec declares it: a kernel that cannot
+        encrypt then explains why in the notebook, instead of jupyter_client refusing with
+        "kernelspec does not declare 'curve'"."""
+        if self.transport_encryption_policy() == "required":
+            return True
+        if target.venv:
+            return interpreter.supports_curve(interpreter.venv_ipykernel(target.venv))
+        source = target_source(target, self.venv_library_shell or None)
+        if source is None:
+            return False
+        facts = interpreter.cached_shell_facts(self.cache.slot(source))
+        return facts is not None and interpreter.supports_curve(facts.ipykernel)
 
     @staticmethod
     def _metadata(target: KernelTarget) -> dict[str, str]:
