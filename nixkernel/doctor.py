@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -247,7 +248,8 @@ def check_flake_tracked(project: str) -> Check:
         return Check(
             FAIL,
             f"{', '.join(untracked)} not tracked by git, so Nix cannot see it.",
-            f"Run `git add --intent-to-add {names}` in {project} (no commit needed).",
+            f"Run `cd {shlex.quote(project)} && git add --intent-to-add {names}` (no commit "
+            "needed).",
             subject=project,
         )
     return Check(OK, "flake files are visible to Nix (tracked by git, or no git)", subject=project)
@@ -292,7 +294,8 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     if result.returncode != 0:
         return Check(
             FAIL,
-            f"{label}: `{python} -c 'import ipykernel'` failed: {_last_line(result.stderr)}",
+            f"{label}: `{shlex.quote(python)} -c 'import ipykernel'` failed: "
+            f"{_last_line(result.stderr)}",
             "To fix it, " + ipykernel_hint(target) + ".",
             subject=target.project,
         )

@@ -110,24 +110,25 @@ def target_source(target: KernelTarget, library_shell: str | None) -> NixSource 
 
 
 def ipykernel_hint(target: KernelTarget) -> str:
-    """How to add ipykernel, in the words of the tool that made the environment."""
+    """How to add ipykernel, in the words of the tool that made the environment (commands that
+    work when pasted: paths are shell-quoted)."""
     if target.venv:
-        python = venv_python(target.venv)
+        from shlex import quote  # only on the way to an error message
+
+        python = quote(venv_python(target.venv))
+        in_project = f"cd {quote(target.project)} && " if target.project else ""
         flavor = venv_flavor(target.venv)
         if flavor == "poetry":
-            return (
-                f"install it in the virtualenv: `poetry add --group dev ipykernel` in "
-                f"{target.project}"
-            )
+            return f"install it in the virtualenv: `{in_project}poetry add --group dev ipykernel`"
         if flavor == "uv":
             # uv venvs have no pip; without a pyproject.toml `uv add` has nothing to add to.
             return (
-                f"install it in the virtualenv: `uv add --dev ipykernel` in {target.project} "
+                f"install it in the virtualenv: `{in_project}uv add --dev ipykernel` "
                 f"(a venv without a pyproject.toml: `uv pip install --python {python} ipykernel`)"
             )
         return (
             f"install it in the virtualenv: `{python} -m pip install ipykernel` "
-            f"(in a uv project: `uv add --dev ipykernel` in {target.project})"
+            f"(in a uv project: `{in_project}uv add --dev ipykernel`)"
         )
     return (
         "add ipykernel to the shell's Python, e.g. "

@@ -73,17 +73,14 @@ def evaluate_all(manager) -> None:
     manager.refresh()
 
 
-def test_auto_encrypts_kernels_whose_ipykernel_can_and_only_those(
-    nix, projects, manager_factory
-):
+def test_auto_encrypts_kernels_whose_ipykernel_can_and_only_those(nix, projects, manager_factory):
     known = write_flake(projects / "known", {"default": {**DEFAULT_SHELL, "PYTHONPATH": SITE}})
     unknown = write_flake(projects / "unknown")
     manager = manager_factory(project_dirs=[str(projects)])
     targets = {Path(t.project).name: t for t in manager.refresh()}
     # Not evaluated: nothing is known about their ipykernel, nothing is declared.
     assert not any(
-        "supported_encryption" in manager.get_kernel_spec(t.name).metadata
-        for t in targets.values()
+        "supported_encryption" in manager.get_kernel_spec(t.name).metadata for t in targets.values()
     )
 
     evaluate_all(manager)

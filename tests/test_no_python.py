@@ -70,3 +70,22 @@ def test_shell_with_python_has_no_problem(nix, projects, manager_factory, kernel
     warm(manager)
     (target,) = manager.refresh()
     assert target.problem is None
+
+
+def test_list_shows_the_no_python_problem(nix, projects, tmp_path):
+    write_flake(projects / "gotool", {"default": GO_SHELL})
+    cache = tmp_path / "cache"
+    env = {**os.environ, "NIXKERNEL_CACHE_DIR": str(cache), "JUPYTER_CONFIG_DIR": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "nixkernel.cli", *args, str(projects)],
+                              capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+
+    from nixkernel.kernelspec import NixKernelSpecManager
+
+    warm(NixKernelSpecManager(project_dirs=[str(projects)], cache_dir=str(cache)))
+    rows = {r["kind"]: r for r in json.loads(cli("list", "--json").stdout)}
+    assert "no python3" in rows["flake"]["problem"]
+    table = cli("list").stdout
+    assert "no Python" in table and FIX in table
+    assert EnvironmentCache(str(cache)).slots()
