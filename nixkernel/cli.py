@@ -894,22 +894,33 @@ class DoctorApp(NixKernelSubcommand):
     project_dirs, else the server's root_dir, else the current directory) for what keeps
     kernels from starting: Nix and its features, <nixpkgs>, nix-ld on NixOS, flake files git
     does not track, virtualenvs made with a downloaded Python, ipykernel in each evaluated
-    environment. Each problem comes with its fix. Exit status 1 if any check FAILs."""
+    environment. Each problem comes with its fix. Exit status 1 if any check FAILs.
+    Nothing is evaluated unless --evaluate: Nix proves it can evaluate and build for this user
+    with a trivial derivation, each project's Nix files are parsed and its flake inputs looked
+    up in the store."""
     examples = """
 jupyter nixkernel doctor
+jupyter nixkernel doctor --evaluate
 jupyter nixkernel doctor ~/projects/api --json
 
 """
 
     json_output = Bool(False, help="Print JSON.").tag(config=True)
+    evaluate = Bool(
+        False, help="Evaluate each environment (runs Nix, may download) before checking it."
+    ).tag(config=True)
     flags = {
         **NixKernelSubcommand.flags,
         "json": ({"DoctorApp": {"json_output": True}}, "Print machine-readable JSON."),
+        "evaluate": (
+            {"DoctorApp": {"evaluate": True}},
+            "Evaluate each environment first (runs Nix), then check its Python and ipykernel.",
+        ),
     }
 
     def start(self) -> None:
         assert self.manager is not None
-        checks = doctor.run_checks(self.manager)
+        checks = doctor.run_checks(self.manager, evaluate=self.evaluate)
         if self.json_output:
             json.dump([c.as_dict() for c in checks], sys.stdout, indent=2)
             print()

@@ -157,3 +157,207 @@ def kernel_runner():
 
 
 __all__ = ["IN_CI", "KernelRun", "require", "run_in_kernel", "sys"]
+
+
+# -- a Nix daemon on a private socket, and ordinary users to reach it as -------------------------
+
+
+@dataclass
+class NixDaemon:
+    """A ``nix-daemon`` (of the version the ``nix`` fixture runs) on a private socket, as on a
+    multi-user install (/work/shared/nix/README.md), with two ordinary users: ``member`` (in the
+    socket's group ``nix-users``) and ``outsider`` (not). Builds run with the daemon's offline
+    settings; clients reach it with ``NIX_REMOTE=daemon`` and ``NIX_DAEMON_SOCKET_PATH``."""
+
+    socket: str
+    nix_bin: str
+    """The directory of the nix binaries (the daemon's version): first on the users' PATH."""
+    base: Path
+    """A world-readable directory for files the users need (see :meth:`give`)."""
+    member: str
+    outsider: str
+    python: str
+    """A Python the users may run, with this test run's packages and nixkernel importable
+    through ``PYTHONPATH`` (in :meth:`client_env`): the test venv's own interpreter may live
+    under root's home (pyenv), which other users cannot enter."""
+    pythonpath: str
+
+    def client_env(self, user: str, socket: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment of a Nix client run as ``user`` against this daemon (or ``socket``)."""
+        import pwd
+
+        home = pwd.getpwnam(user).pw_dir
+        env = {
+            "HOME": home,
+            "USER": user,
+            "LOGNAME": user,
+            "PATH": f"{self.nix_bin}:/usr/local/bin:/usr/bin:/bin",
+            "NIX_REMOTE": "daemon",
+            "NIX_DAEMON_SOCKET_PATH": socket or self.socket,
+            # Client-side settings only: builds follow the daemon's.
+            "NIX_CONFIG": "experimental-features = nix-command flakes\n"
+            f"flake-registry = {self.base / 'empty-registry.json'}\n"
+            "warn-dirty = false\n",
+            "NIX_BUILD_SHELL": "bash",
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "NIXKERNEL_CACHE_DIR": os.path.join(home, ".cache", "nixkernel"),
+            "PYTHONPATH": self.pythonpath,
+        }
+        return {**env, **extra}
+
+    def run_as(
+        self, user: str, argv: list[str], env: dict[str, str] | None = None, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:  # noqa: F821 (imported where it runs)
+        """Run ``argv`` as ``user`` (uid, gid and supplementary groups, as after a login)."""
+        import pwd
+        import subprocess
+
+        entry = pwd.getpwnam(user)
+        return subprocess.run(
+            argv,
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=os.getgrouplist(user, entry.pw_gid),
+            env=env if env is not None else self.client_env(user),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def give(self, path: Path, user: str) -> Path:
+        """Make ``path`` (a tree under :attr:`base`) ``user``'s."""
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        for current, dirs, files in os.walk(path):
+            for name in [current, *(os.path.join(current, n) for n in dirs + files)]:
+                os.lchown(name, entry.pw_uid, entry.pw_gid)
+        return path
+
+
+@contextlib.contextmanager
+def nix_daemon_process(nix_bin: str, directory: Path, config: str) -> Iterator[str]:
+    """A ``nix-daemon`` from ``nix_bin`` listening on ``directory/socket`` (``directory`` made
+    ``root:nix-users 0770``, as the default socket's), with ``config`` as its NIX_CONFIG;
+    yields the socket path and stops the daemon (and the children it forked) afterwards."""
+    import grp
+    import signal
+    import subprocess
+    import time
+
+    directory.mkdir(parents=True)
+    os.chown(directory, 0, grp.getgrnam("nix-users").gr_gid)
+    directory.chmod(0o770)
+    socket = str(directory / "socket")
+    log = open(directory.parent / f"{directory.name}.log", "w")  # noqa: SIM115
+    env = {**os.environ, "NIX_CONFIG": config, "NIX_DAEMON_SOCKET_PATH": socket}
+    daemon = subprocess.Popen(
+        [os.path.join(nix_bin, "nix-daemon")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown stops its children too
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket):  # readiness: the daemon creates it when listening
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"nix-daemon did not start: {Path(log.name).read_text()}")
+            time.sleep(0.02)
+        yield socket
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+
+
+def daemon_config(registry: Path, extra: str = "") -> str:
+    """The daemon's settings: offline (no substituters, no sandbox, builds as root)."""
+    return (
+        "experimental-features = nix-command flakes\n"
+        "sandbox = false\n"
+        "substituters =\n"
+        "build-users-group =\n"
+        f"flake-registry = {registry}\n" + extra
+    )
+
+
+@pytest.fixture(scope="session")
+def nix_daemon(nix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NixDaemon]:
+    """A private nix-daemon and two users to reach it as (created for the session, removed at
+    its end). Needs root (to add users and run the daemon) and Debian's ``nix-users`` group."""
+    import grp
+    import subprocess
+    import tempfile
+
+    nix_bin = os.path.dirname(nix)
+    missing = [
+        why
+        for why, bad in (
+            ("root", os.geteuid() != 0),
+            ("useradd", shutil.which("useradd") is None),
+            ("nix-daemon", not os.access(os.path.join(nix_bin, "nix-daemon"), os.X_OK)),
+        )
+        if bad
+    ]
+    try:
+        grp.getgrnam("nix-users")
+    except KeyError:
+        missing.append("the nix-users group")
+    python, pythonpath = _python_for_users()
+    if python is None:
+        missing.append(f"a python{sys.version_info[0]}.{sys.version_info[1]} other users can run")
+    if missing:
+        if IN_CI:
+            pytest.fail(f"the daemon tests need {', '.join(missing)} under CI=true")
+        pytest.skip(f"the daemon tests need {', '.join(missing)}")
+    assert python is not None
+    # Not under pytest's tmp_path: that is root's 0700, and the users must read what is here.
+    base = Path(tempfile.mkdtemp(prefix="nixkernel-daemon-"))
+    base.chmod(0o755)
+    (base / "empty-registry.json").write_text('{"flakes": [], "version": 2}')
+    tag = f"{os.getpid() % 100000}"
+    member, outsider = f"nkmember{tag}", f"nkoutsider{tag}"
+    try:
+        subprocess.run(["useradd", "-m", "-G", "nix-users", member], check=True)
+        subprocess.run(["useradd", "-m", outsider], check=True)
+        config = daemon_config(base / "empty-registry.json")
+        with nix_daemon_process(nix_bin, base / "daemon", config) as socket:
+            yield NixDaemon(socket, nix_bin, base, member, outsider, python, pythonpath)
+    finally:
+        for user in (member, outsider):
+            subprocess.run(["userdel", "-r", user], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _python_for_users() -> tuple[str | None, str]:
+    """(interpreter, PYTHONPATH) for running this test run's code as another user: this
+    interpreter if everyone may run it, else the system's python3.X of the same version."""
+    import site
+    import sysconfig
+
+    def runnable(path: str) -> bool:
+        real = os.path.realpath(path)
+        parents = [os.path.dirname(real)]
+        while parents[-1] != "/":
+            parents.append(os.path.dirname(parents[-1]))
+        return os.stat(real).st_mode & 0o001 != 0 and all(
+            os.stat(d).st_mode & 0o001 for d in parents
+        )
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    paths = [repo, *site.getsitepackages(), sysconfig.get_paths()["platlib"]]
+    pythonpath = ":".join(dict.fromkeys(paths))
+    if runnable(sys.executable):
+        return sys.executable, pythonpath
+    name = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    system = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+    return (system if system and runnable(system) else None), pythonpath

@@ -80,7 +80,7 @@ def test_list_piped_into_head_prints_no_traceback(env, tmp_path):
     assert result.stderr == ""
 
 
-# -- show by display name or prefix, DIR as list takes it -------------------------------------------
+# -- show by display name or prefix, DIR as list takes it ------------------------------------------
 
 
 def test_show_takes_a_display_name_or_a_unique_prefix_and_dir_like_list(env, tmp_path):
@@ -105,7 +105,7 @@ def test_show_takes_a_display_name_or_a_unique_prefix_and_dir_like_list(env, tmp
     assert missing.returncode == 1 and "no kernel named nothing-like-it" in missing.stderr
 
 
-# -- warm of a kernel with nothing to evaluate --------------------------------------------------------
+# -- warm of a kernel with nothing to evaluate -----------------------------------------------------
 
 
 def test_warm_of_a_venv_kernel_says_it_has_nothing_to_evaluate_by_name(env, tmp_path):
@@ -120,7 +120,7 @@ def test_warm_of_a_venv_kernel_says_it_has_nothing_to_evaluate_by_name(env, tmp_
     )
 
 
-# -- the list is the list ------------------------------------------------------------------------------
+# -- the list is the list --------------------------------------------------------------------------
 
 
 def test_list_all_shows_this_project_kernel_as_nixkernels_even_when_installed(env, tmp_path):
@@ -165,7 +165,7 @@ def test_installed_kernels_of_a_project_that_is_gone_are_flagged_and_uninstall_m
     assert "No kernels of projects that are gone" in cli(env, "uninstall", "--missing").stdout
 
 
-# -- commands to copy ----------------------------------------------------------------------------------
+# -- commands to copy ------------------------------------------------------------------------------
 
 
 def test_commands_to_enter_a_shell_work_when_pasted_with_spaces_in_the_path(nix, tmp_path):
