@@ -36,7 +36,7 @@ from . import __version__, doctor, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
 from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
-from .kernelspec import RESOURCES, NixKernelSpecManager
+from .kernelspec import NixKernelSpecManager, resources_for
 from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
@@ -676,6 +676,10 @@ def installed_by_us(spec_dir: str) -> bool:
         return False
 
 
+def _subdirectories(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if os.path.isdir(os.path.join(directory, n))]
+
+
 def installed_project_gone(spec_dir: str) -> bool:
     """Whether the kernelspec in ``spec_dir`` (written by ``install``) names a project that no
     longer exists."""
@@ -731,7 +735,9 @@ jupyter nixkernel install --all --prefix /opt/jupyter
         spec["metadata"]["nixkernel"]["installed_by"] = INSTALLED_BY
         with tempfile.TemporaryDirectory(prefix="nixkernel-spec-") as tmp:
             source_dir = os.path.join(tmp, target.name)
-            shutil.copytree(RESOURCES, source_dir)
+            # The logos of its kind (files only: RESOURCES holds the venv logos' directory).
+            resources = resources_for(target)
+            shutil.copytree(resources, source_dir, ignore=_subdirectories)
             with open(os.path.join(source_dir, "kernel.json"), "w", encoding="utf-8") as f:
                 json.dump(spec, f, indent=2)
             # KernelSpecManager's own installer: validates the name, replaces an old copy.

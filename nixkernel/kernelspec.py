@@ -25,6 +25,7 @@ from .describe import (
     KIND_AUTO,
     KIND_FLAKE,
     KIND_SHELL_NIX,
+    KIND_VENV,
     PROJECT_KERNEL_NAME,
     KernelTarget,
     current_system,
@@ -34,6 +35,8 @@ from .discovery import discover
 from .launch import MODE_CACHED, target_source
 
 RESOURCES = str(Path(__file__).parent / "resources")
+#: A plain virtualenv's kernel has Python's logo; the others, the Nix mark with Python's.
+VENV_RESOURCES = str(Path(RESOURCES) / "venv")
 #: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
 LAUNCHER = str(Path(__file__).parent / "boot" / "launcher.py")
 LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
@@ -51,6 +54,12 @@ ENCRYPTION_CONFIG_SECTIONS = (
 def encryption_metadata(curve: bool) -> dict[str, list[str]]:
     """The kernelspec metadata jupyter_client (8.10+) reads to hand a kernel CurveZMQ keys."""
     return {"supported_encryption": [interpreter.CURVE]} if curve else {}
+
+
+def resources_for(target: KernelTarget) -> str:
+    """The directory of ``target``'s logos: Python's for a plain virtualenv, the Nix mark with
+    Python's for the others."""
+    return VENV_RESOURCES if target.kind == KIND_VENV else RESOURCES
 
 
 def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> KernelTarget:
@@ -220,7 +229,7 @@ class NixKernelSpecManager(KernelSpecManager):
         spec = self.spec_dict(target)
         base_url = getattr(self.parent, "base_url", None)
         if not isinstance(base_url, str):
-            return {"resource_dir": RESOURCES, "spec": spec}
+            return {"resource_dir": resources_for(target), "spec": spec}
         from jupyter_server.utils import url_path_join
 
         resources = {
@@ -373,7 +382,7 @@ class NixKernelSpecManager(KernelSpecManager):
         return {key: value for key, value in info.items() if value}
 
     def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
-        return self.kernel_spec_class(resource_dir=RESOURCES, **self.spec_dict(target))
+        return self.kernel_spec_class(resource_dir=resources_for(target), **self.spec_dict(target))
 
     def project_kernel_target(self) -> KernelTarget:
         return KernelTarget(
@@ -395,7 +404,8 @@ class NixKernelSpecManager(KernelSpecManager):
 
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
-        specs.update({name: RESOURCES for name in self._own_targets() if self.allowed(name)})
+        own = self._own_targets()
+        specs.update({name: resources_for(t) for name, t in own.items() if self.allowed(name)})
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
