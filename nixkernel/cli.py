@@ -34,9 +34,9 @@ from traitlets import Bool, Instance, Int, List, Unicode
 
 from . import __version__, doctor, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
-from .describe import KernelTarget, NixSource
+from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
-from .kernelspec import RESOURCES, NixKernelSpecManager
+from .kernelspec import NixKernelSpecManager, resources_for
 from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
@@ -66,6 +66,8 @@ class NixKernelSubcommand(JupyterApp):
 
     #: Whether positional arguments are directories to search (else kernel names).
     takes_dirs = True
+    #: Whether the first positional argument is a kernel name and the others directories.
+    takes_name_then_dirs = False
 
     manager = Instance(NixKernelSpecManager, allow_none=True)
     dirs = List(Unicode(), help="Directories given on the command line.")
@@ -74,10 +76,13 @@ class NixKernelSubcommand(JupyterApp):
     def initialize(self, argv: Any = None) -> None:
         super().initialize(argv)
         self.manager = NixKernelSpecManager(parent=self)
-        if self.takes_dirs:
-            self.dirs = [os.path.abspath(d) for d in self.extra_args]
+        if self.takes_name_then_dirs:
+            self.names = list(self.extra_args[:1])
+            self.dirs = [os.path.abspath(os.path.expanduser(d)) for d in self.extra_args[1:]]
+        elif self.takes_dirs:
+            self.dirs = [os.path.abspath(os.path.expanduser(d)) for d in self.extra_args]
         else:
-            self.names = [n.lower() for n in self.extra_args]
+            self.names = list(self.extra_args)
         if self.dirs:
             self.manager.project_dirs = self.dirs
 
@@ -116,26 +121,49 @@ class NixKernelSubcommand(JupyterApp):
         return targets
 
     def resolve_names(self, names: list[str]) -> list[KernelTarget]:
-        """The targets called ``names``, or exit with a message saying how to find names."""
-        targets = {t.name: t for t in self.all_targets()}
-        unknown = [n for n in names if n not in targets]
-        if unknown and any(n.startswith("nix-") for n in unknown):
+        """The targets ``names`` designate (a kernel name, a display name, or a unique prefix
+        of either, in any case), or exit with a message saying how to find names."""
+        targets = self.all_targets()
+        found = [match_target(n, targets) for n in names]
+        if any(isinstance(f, str) for f in found) and any(t.kind == "flake" for t in targets):
             # Maybe a devShell of a flake whose shell names are not learnt yet.
-            targets = {t.name: t for t in self.all_targets(learn_shells=True)}
-            unknown = [n for n in names if n not in targets]
-        if unknown:
+            targets = self.all_targets(learn_shells=True)
+            found = [match_target(n, targets) for n in names]
+        errors = [f for f in found if isinstance(f, str)]
+        if errors:
             assert self.manager is not None
             self.fail(
-                f"no kernel named {', '.join(unknown)} under "
-                f"{', '.join(self.manager.project_dirs)}.\n"
-                "`jupyter nixkernel list` shows the names of the kernels there; to look "
+                "\n".join(errors)
+                + f"\n(searched {', '.join(map(shlex.quote, self.manager.project_dirs))}"
+                ")\n`jupyter nixkernel list` shows the names of the kernels there; to look "
                 "elsewhere, pass --dir=DIR (or set c.NixKernelSpecManager.project_dirs)."
             )
-        return [targets[n] for n in names]
+        return [f for f in found if not isinstance(f, str)]
 
     def fail(self, message: str, status: int = 1) -> None:
         print(f"jupyter nixkernel {self.name.rsplit('-', 1)[-1]}: {message}", file=sys.stderr)
         self.exit(status)
+
+
+def match_target(wanted: str, targets: list[KernelTarget]) -> KernelTarget | str:
+    """The target called ``wanted`` (its name or display name, case-insensitively; else the one
+    whose name or display name starts with it), or why there is none."""
+    key = wanted.casefold()
+    for exact in (
+        [t for t in targets if t.name == key],
+        [t for t in targets if t.display_name.casefold() == key],
+    ):
+        if exact:
+            return exact[0]
+    prefixed = [
+        t for t in targets if t.name.startswith(key) or t.display_name.casefold().startswith(key)
+    ]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        choices = ", ".join(f"{t.name} ({t.display_name})" for t in prefixed[:8])
+        return f"{wanted!r} could be any of {len(prefixed)} kernels: {choices}"
+    return f"no kernel named {wanted}"
 
 
 # -- list ----------------------------------------------------------------------------------------
@@ -170,36 +198,145 @@ jupyter nixkernel list --all
 
     def start(self) -> None:
         assert self.manager is not None
+        manager = self.manager
+        targets = self.all_targets()
         rows = []
-        for target in self.manager.refresh():
+        for target in targets:
+            if not manager.allowed(target.name):
+                continue
             row: dict[str, Any] = {**target.as_dict(), "cache": self.cache_state(target)}
+            row["project"] = row["project"] or None  # Python (this project): no fixed project
             if target.problem:
                 row["problem"] = target.problem
             rows.append(row)
+        hidden = sum(not manager.allowed(t.name) for t in targets)
+        installed = installed_rows(KernelSpecManager(parent=self), {r["name"] for r in rows})
+        rows.extend(r for r in installed if r.get("problem"))
         if self.include_native:
-            rows.extend(native_rows(rows))
+            rows.extend(r for r in installed if not r.get("problem"))
+            rows.extend(native_rows(rows, KernelSpecManager(parent=self)))
         if self.json_output:
             json.dump(rows, sys.stdout, indent=2)
             print()
-            return
-        if not rows:
-            print(f"No projects found under {', '.join(self.manager.project_dirs)}.")
-            return
-        print_table(
-            ["NAME", "DISPLAY NAME", "KIND", "PROJECT", "CACHE"],
-            [
-                [r["name"], r["display_name"], r["kind"], r["project"] or "-",
-                 r["cache"] + (" (broken venv)" if r.get("problem") else "")]
-                for r in rows
-            ],
-        )  # fmt: skip
+        else:
+            print_table(
+                ["NAME", "DISPLAY NAME", "KIND", "PROJECT", "CACHE"],
+                [
+                    [r["name"], r["display_name"], r["kind"], r["project"] or "-",
+                     r["cache"] + (f" ({problem_label(r['problem'])})" if r.get("problem") else "")]
+                    for r in rows
+                ],
+            )  # fmt: skip
+            problems = [r for r in rows if r.get("problem")]
+            if problems:
+                print("\nProblems:")
+                for r in problems:
+                    print(f"  {r['name']}: {r['problem']}")
+        notes = []
+        if hidden:
+            notes.append(
+                f"{hidden} kernel(s) hidden by c.KernelSpecManager.allowed_kernelspecs, as the "
+                "server hides them."
+            )
+        if not any(t.project for t in targets):
+            notes.append(no_projects_hint(manager.project_dirs, bool(self.dirs)))
+        for note in notes:
+            # With --json, notes go to stderr: stdout stays one JSON document.
+            print(
+                ("" if self.json_output else "\n") + note,
+                file=sys.stderr if self.json_output else sys.stdout,
+            )
 
 
-def native_rows(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ordinary kernelspecs on this machine, in ``list``'s row format (kind ``native``)."""
+def no_projects_hint(project_dirs: list[str], given: bool) -> str:
+    """What to do when nothing was found: where it looked, and how to look elsewhere."""
+    where = ", ".join(shlex.quote(d) for d in project_dirs)
+    if given:
+        return (
+            f"No projects found under {where} (a project is a folder with flake.nix, shell.nix or "
+            f".venv, at most c.NixKernelSpecManager.max_depth levels down)."
+        )
+    return (
+        f"No projects found under {where}. Pass the folder that holds your projects, e.g. "
+        "`jupyter nixkernel list ~/projects`, or set it for the server and this command alike in "
+        "jupyter_server_config.py (in `jupyter --config-dir`): "
+        'c.NixKernelSpecManager.project_dirs = ["~/projects"].'
+    )
+
+
+def problem_label(problem: str) -> str:
+    """A short name for a row's problem (the whole text is printed below the table)."""
+    if problem.startswith("The shell has no Python"):
+        return "no Python"
+    if "project is gone" in problem:
+        return "project gone"
+    return "broken venv"
+
+
+def nixkernel_metadata(spec: dict[str, Any]) -> dict[str, Any]:
+    info = spec.get("metadata", {}).get("nixkernel") if isinstance(spec, dict) else None
+    return info if isinstance(info, dict) else {}
+
+
+def missing_project(info: dict[str, Any]) -> str | None:
+    """The project an installed kernelspec was made for, if that directory is gone."""
+    project = info.get("project")
+    if info.get("installed_by") != INSTALLED_BY or not isinstance(project, str) or not project:
+        return None
+    return None if os.path.isdir(project) else project
+
+
+def installed_rows(ksm: KernelSpecManager, taken: set[str]) -> list[dict[str, Any]]:
+    """kernel.json files `install` wrote that are not among ``taken``, as ``list`` rows (with
+    the kind nixkernel gave them); those of a project that is gone carry a problem saying how to
+    remove them."""
+    rows = []
+    for name, resource_dir in sorted(ksm.find_kernel_specs().items()):
+        if name in taken:
+            continue
+        try:
+            with open(os.path.join(resource_dir, "kernel.json"), encoding="utf-8") as f:
+                spec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        info = nixkernel_metadata(spec)
+        if info.get("installed_by") != INSTALLED_BY:
+            continue
+        row: dict[str, Any] = {
+            "name": name, "display_name": spec.get("display_name", name),
+            "kind": info.get("kind", "native"), "shell": info.get("shell"),
+            "project": info.get("project") or None, "venv": info.get("venv"), "cache": NONE,
+            "resource_dir": resource_dir,
+        }  # fmt: skip
+        gone = missing_project(info)
+        if gone:
+            row["problem"] = (
+                f"installed in {resource_dir}, but its project is gone ({gone} no longer exists). "
+                f"Remove it with `{uninstall_missing_command(resource_dir)}`."
+            )
+        rows.append(row)
+    return rows
+
+
+def uninstall_missing_command(resource_dir: str) -> str:
+    """The ``uninstall --missing`` command for the kernels directory holding ``resource_dir``."""
+    kernels = os.path.dirname(resource_dir)
+    if kernels == os.path.join(jupyter_data_dir(), "kernels"):
+        return "jupyter nixkernel uninstall --missing"
+    if kernels == os.path.join(sys.prefix, "share", "jupyter", "kernels"):
+        return "jupyter nixkernel uninstall --missing --sys-prefix"
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(kernels)))
+    return f"jupyter nixkernel uninstall --missing --prefix {shlex.quote(prefix)}"
+
+
+def native_rows(
+    own: list[dict[str, Any]], ksm: KernelSpecManager | None = None
+) -> list[dict[str, Any]]:
+    """The ordinary kernelspecs on this machine, in ``list``'s row format (kind ``native``),
+    as the configured manager lists them (``allowed_kernelspecs`` applies)."""
     taken = {r["name"] for r in own}
     rows = []
-    for name, spec in sorted(KernelSpecManager().get_all_specs().items()):
+    for name, spec in sorted((ksm or KernelSpecManager()).get_all_specs().items()):
         if name in taken:
             continue
         rows.append(
@@ -228,16 +365,19 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 class ShowApp(NixKernelSubcommand):
     name = "jupyter-nixkernel-show"
-    description = """Show one kernel: its kernelspec (command, display name, metadata), its
-    project, the files whose change makes the cached environment stale, the cache's state, and
+    description = """Show one kernel (NAME: its name, its display name, or a unique prefix of
+    either; found under DIR... as `list` does): its kernelspec (command, display name, metadata),
+    its project, the files whose change makes the cached environment stale, the cache's state, and
     with --env the environment the kernel would start with."""
     examples = """
 jupyter nixkernel show nix-api-flake-0123456789
-jupyter nixkernel show nix-api-flake-0123456789 --env --evaluate
+jupyter nixkernel show "api (flake)" ~/projects
+jupyter nixkernel show api --env --evaluate
 jupyter nixkernel show nix-api-flake-0123456789 --json
 
 """
     takes_dirs = False
+    takes_name_then_dirs = True
 
     json_output = Bool(False, help="Print JSON.").tag(config=True)
     show_env = Bool(False, help="Show the environment the kernel would get.").tag(config=True)
@@ -257,7 +397,8 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
     def start(self) -> None:
         assert self.manager is not None
         if len(self.names) != 1:
-            self.fail("give one kernel name (see `jupyter nixkernel list`).")
+            self.fail("give one kernel name, then the folders to search if need be (see "
+                      "`jupyter nixkernel list`).")  # fmt: skip
         (target,) = self.resolve_names(self.names)
         info = self.describe(target)
         if self.json_output:
@@ -272,6 +413,7 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
         info: dict[str, Any] = {**target.as_dict(), "problem": target.problem, "kernelspec": spec}
         source = self.source_of(target)
         info["source"] = source.describe() if source else None
+        info["shell_command"] = source.shell_command() if source else None
         info["watched_inputs"] = watched_inputs(source) if source else []
         entry: dict | None = None
         if source is not None:
@@ -336,6 +478,8 @@ def print_show(info: dict[str, Any]) -> None:
         ("Virtualenv", info["venv"] or "-"),
         ("Nix source", info["source"] or "-"),
     ]
+    if info.get("shell_command"):
+        rows.append(("Enter it", info["shell_command"]))
     if info.get("problem"):
         rows.append(("Problem", info["problem"]))
     for label, value in rows:
@@ -402,8 +546,19 @@ jupyter nixkernel warm nix-api-flake-0123456789
             self.all_targets(learn_shells=True) if self.warm_all else self.resolve_names(self.names)
         )
         jobs = self.plan(targets)
+        if not self.warm_all:
+            for target in targets:
+                if self.source_of(target) is None:
+                    print(
+                        f"{target.name} ({target.display_name}) has no Nix environment: nothing "
+                        "to evaluate (its virtualenv's Python starts as it is)."
+                        if target.kind != KIND_AUTO
+                        else f"{target.name} ({target.display_name}) follows the notebook's "
+                        "project: warm that project's kernel instead."
+                    )
         if not jobs:
-            print("Nothing to evaluate: no kernel here has a Nix environment.")
+            if self.warm_all:
+                print("Nothing to evaluate: no kernel here has a Nix environment.")
             return
         failures = self.run(jobs)
         if failures:
@@ -521,6 +676,20 @@ def installed_by_us(spec_dir: str) -> bool:
         return False
 
 
+def _subdirectories(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if os.path.isdir(os.path.join(directory, n))]
+
+
+def installed_project_gone(spec_dir: str) -> bool:
+    """Whether the kernelspec in ``spec_dir`` (written by ``install``) names a project that no
+    longer exists."""
+    try:
+        with open(os.path.join(spec_dir, "kernel.json"), encoding="utf-8") as f:
+            return missing_project(nixkernel_metadata(json.load(f))) is not None
+    except (OSError, ValueError):
+        return False
+
+
 class InstallApp(KernelLocation):
     name = "jupyter-nixkernel-install"
     description = """Write kernel.json files for the named kernels (or --all), so tools that read
@@ -566,7 +735,9 @@ jupyter nixkernel install --all --prefix /opt/jupyter
         spec["metadata"]["nixkernel"]["installed_by"] = INSTALLED_BY
         with tempfile.TemporaryDirectory(prefix="nixkernel-spec-") as tmp:
             source_dir = os.path.join(tmp, target.name)
-            shutil.copytree(RESOURCES, source_dir)
+            # The logos of its kind (files only: RESOURCES holds the venv logos' directory).
+            resources = resources_for(target)
+            shutil.copytree(resources, source_dir, ignore=_subdirectories)
             with open(os.path.join(source_dir, "kernel.json"), "w", encoding="utf-8") as f:
                 json.dump(spec, f, indent=2)
             # KernelSpecManager's own installer: validates the name, replaces an old copy.
@@ -583,24 +754,38 @@ jupyter nixkernel install --all --prefix /opt/jupyter
 class UninstallApp(KernelLocation):
     name = "jupyter-nixkernel-uninstall"
     description = """Remove kernel.json files that `jupyter nixkernel install` wrote (the named
-    ones, or --all of them). Kernelspecs installed otherwise are never touched."""
+    ones, --all of them, or --missing: those whose project directory no longer exists).
+    Kernelspecs installed otherwise are never touched."""
     examples = """
 jupyter nixkernel uninstall --all
+jupyter nixkernel uninstall --missing
 jupyter nixkernel uninstall nix-api-flake-0123456789 --sys-prefix
 
 """
 
+    missing = Bool(False, help="The kernels whose project no longer exists.").tag(config=True)
+    flags = {
+        **KernelLocation.flags,
+        "missing": (
+            {"UninstallApp": {"missing": True}},
+            "Remove the kernels whose project directory no longer exists.",
+        ),
+    }
+
     def start(self) -> None:
-        self.check_selection()
+        if sum([self.every, self.missing, bool(self.names)]) != 1:
+            self.fail("name the kernels, or pass --all or --missing.")
         kernels = self.kernels_dir()
-        if self.every:
+        if self.every or self.missing:
             try:
                 names = sorted(os.listdir(kernels))
             except OSError:
                 names = []
             names = [n for n in names if installed_by_us(os.path.join(kernels, n))]
+            if self.missing:
+                names = [n for n in names if installed_project_gone(os.path.join(kernels, n))]
         else:
-            names = self.names
+            names = [n.lower() for n in self.names]
         problems = []
         for name in names:
             spec_dir = os.path.join(kernels, name)
@@ -614,7 +799,8 @@ jupyter nixkernel uninstall nix-api-flake-0123456789 --sys-prefix
                 shutil.rmtree(spec_dir)
                 print(f"Removed {spec_dir}")
         if not names:
-            print(f"No kernels installed by nixkernel in {kernels}.")
+            what = "of projects that are gone " if self.missing else ""
+            print(f"No kernels {what}installed by nixkernel in {kernels}.")
         if problems:
             self.fail("\n".join(problems))
 
@@ -720,22 +906,33 @@ class DoctorApp(NixKernelSubcommand):
     project_dirs, else the server's root_dir, else the current directory) for what keeps
     kernels from starting: Nix and its features, <nixpkgs>, nix-ld on NixOS, flake files git
     does not track, virtualenvs made with a downloaded Python, ipykernel in each evaluated
-    environment. Each problem comes with its fix. Exit status 1 if any check FAILs."""
+    environment. Each problem comes with its fix. Exit status 1 if any check FAILs.
+    Nothing is evaluated unless --evaluate: Nix proves it can evaluate and build for this user
+    with a trivial derivation, each project's Nix files are parsed and its flake inputs looked
+    up in the store."""
     examples = """
 jupyter nixkernel doctor
+jupyter nixkernel doctor --evaluate
 jupyter nixkernel doctor ~/projects/api --json
 
 """
 
     json_output = Bool(False, help="Print JSON.").tag(config=True)
+    evaluate = Bool(
+        False, help="Evaluate each environment (runs Nix, may download) before checking it."
+    ).tag(config=True)
     flags = {
         **NixKernelSubcommand.flags,
         "json": ({"DoctorApp": {"json_output": True}}, "Print machine-readable JSON."),
+        "evaluate": (
+            {"DoctorApp": {"evaluate": True}},
+            "Evaluate each environment first (runs Nix), then check its Python and ipykernel.",
+        ),
     }
 
     def start(self) -> None:
         assert self.manager is not None
-        checks = doctor.run_checks(self.manager)
+        checks = doctor.run_checks(self.manager, evaluate=self.evaluate)
         if self.json_output:
             json.dump([c.as_dict() for c in checks], sys.stdout, indent=2)
             print()
@@ -910,7 +1107,14 @@ jupyter nixkernel install --all
 
 
 def main() -> None:
-    NixKernelApp.launch_instance()
+    try:
+        NixKernelApp.launch_instance()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `jupyter nixkernel list | head`: the reader left; say nothing more, as `ls` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":

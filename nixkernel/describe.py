@@ -80,6 +80,16 @@ class NixSource(NamedTuple):
     def describe(self) -> str:
         return " ".join([*self.installable_args(), *self.args]).replace("--file ", "")
 
+    def shell_command(self) -> str:
+        """The command its users know for entering this shell, quoted so that it works when
+        pasted: ``nix develop REF#ATTR`` for a flake, ``nix-shell FILE [-A ATTR]`` for a file."""
+        from shlex import quote  # only on the way to a message
+
+        if self.is_flake:
+            return "nix develop " + quote(self.installable_args()[0])
+        attr = f" -A {quote(self.attr)}" if self.attr else ""
+        return f"nix-shell {quote(self.location)}{attr}"
+
     @classmethod
     def flake_shell(cls, directory: str, shell: str, system: str | None = None) -> NixSource:
         """The dev shell ``shell`` of the flake in ``directory``, named as ``nix develop`` is
@@ -211,11 +221,14 @@ def venv_problem(venv: str) -> str | None:
     if os.path.exists(python):
         return _loader_problem(python)
     if os.path.islink(python):
+        from shlex import quote  # only on the way to an error message
+
         target = os.readlink(python)
+        project = quote(os.path.dirname(venv))
         return (
             f"{python} points to {target}, which does not exist (the interpreter the venv was "
-            f"made with is gone). Recreate it: `uv venv --allow-existing` or "
-            f"`python3 -m venv --clear {venv}`, then reinstall its packages (`uv sync`)."
+            f"made with is gone). Recreate it: `cd {project} && uv venv --allow-existing` or "
+            f"`python3 -m venv --clear {quote(venv)}`, then reinstall its packages (`uv sync`)."
         )
     return f"{venv} has no bin/python. Recreate the virtualenv (`uv venv` or `python3 -m venv`)."
 

@@ -106,8 +106,64 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         return
     manager.start_background_refresh()
     serverapp.log.info("nixkernel: looking for projects under %s", ", ".join(manager.project_dirs))
+    start_report(manager, serverapp.log)
     if manager.warm_on_start:
         start_warming(manager)
+
+
+# -- what the server found -----------------------------------------------------------------------
+
+
+def report(manager: NixKernelSpecManager, log: Any) -> str:
+    """Log one line saying what nixkernel found (projects, kernels, directories, the Nix it
+    uses), and a warning when Nix is missing or cannot evaluate and build for this user, so that
+    failing kernels are explained in the server's log before anyone starts one. Blocking (waits
+    for the first scan, runs Nix): call it off the event loop. Returns the line."""
+    from . import doctor, nix
+    from .describe import KIND_FLAKE, KIND_SHELL_NIX
+
+    targets = manager.targets()
+    projects = {t.project for t in targets}
+    kernels = len(targets) + (1 if manager.project_kernel else 0)
+    needs_nix = any(t.kind in (KIND_FLAKE, KIND_SHELL_NIX) for t in targets) or bool(
+        manager.venv_library_shell
+    )
+    try:
+        nix_path = nix.find_nix(manager.nix_executable or None)
+        nix_text = f"Nix {nix.nix_version(nix_path)} at {nix_path}"
+    except nix.NixKernelError as exc:
+        nix_path, nix_text = None, "no usable Nix"
+        if needs_nix:
+            log.warning("nixkernel: %s How to fix it: %s", exc.message, exc.hint)
+    line = (
+        f"nixkernel: {len(projects)} project(s), {kernels} kernel(s) under "
+        f"{', '.join(manager.project_dirs)}; {nix_text}"
+    )
+    log.info(line)
+    if nix_path is not None and needs_nix:
+        usable = doctor.check_nix_usable(nix_path)
+        if usable.status != doctor.OK:
+            log.warning(
+                "nixkernel: the projects' kernels cannot start: %s How to fix it: %s "
+                "(`jupyter nixkernel doctor` checks it all)",
+                usable.message,
+                usable.fix,
+            )
+    return line
+
+
+def start_report(manager: NixKernelSpecManager, log: Any) -> threading.Thread:
+    """Run :func:`report` on a daemon thread: never on the server's event loop."""
+
+    def run() -> None:
+        try:
+            report(manager, log)
+        except Exception:  # a report must not take anything else down
+            manager.log.exception("nixkernel: reporting what was found failed")
+
+    thread = threading.Thread(target=run, name="nixkernel-report", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- warming the cache -------------------------------------------------------------------------

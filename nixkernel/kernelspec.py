@@ -20,11 +20,13 @@ import platformdirs
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
-from . import nix, projectargs
+from . import interpreter, nix, projectargs
 from .cache import EnvironmentCache
 from .describe import (
     KIND_AUTO,
     KIND_FLAKE,
+    KIND_SHELL_NIX,
+    KIND_VENV,
     PROJECT_KERNEL_NAME,
     KernelTarget,
     NixSource,
@@ -32,15 +34,52 @@ from .describe import (
     describe,
 )
 from .discovery import discover
-from .launch import MODE_CACHED
+from .launch import MODE_CACHED, target_source
 
 RESOURCES = str(Path(__file__).parent / "resources")
+#: A plain virtualenv's kernel has Python's logo; the others, the Nix mark with Python's.
+VENV_RESOURCES = str(Path(RESOURCES) / "venv")
 #: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
 LAUNCHER = str(Path(__file__).parent / "boot" / "launcher.py")
 LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
 
 #: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
 _SPEC_DEFAULTS = {k: v for k, v in KernelSpec().to_dict().items() if k != "argv"}
+
+
+#: Where a Jupyter configuration sets the kernels' transport encryption policy.
+ENCRYPTION_CONFIG_SECTIONS = (
+    "MappingKernelManager", "AsyncMappingKernelManager", "ServerKernelManager", "KernelManager",
+)  # fmt: skip
+
+
+def encryption_metadata(curve: bool) -> dict[str, list[str]]:
+    """The kernelspec metadata jupyter_client (8.10+) reads to hand a kernel CurveZMQ keys."""
+    return {"supported_encryption": [interpreter.CURVE]} if curve else {}
+
+
+def resources_for(target: KernelTarget) -> str:
+    """The directory of ``target``'s logos: Python's for a plain virtualenv, the Nix mark with
+    Python's for the others."""
+    return VENV_RESOURCES if target.kind == KIND_VENV else RESOURCES
+
+
+def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> KernelTarget:
+    """``target``, with a problem if its shell was evaluated and has no python3 on its own
+    PATH (a Go, Rust or library-only shell): such a kernel cannot start Python."""
+    if target.venv or target.problem or target.kind not in (KIND_FLAKE, KIND_SHELL_NIX):
+        return target
+    source = target.nix_source()
+    facts = interpreter.cached_shell_facts(cache.slot(source)) if source else None
+    if facts is None or facts.python is not None:
+        return target
+    return target._replace(problem=NO_PYTHON_PROBLEM)
+
+
+NO_PYTHON_PROBLEM = (
+    "The shell has no Python: no python3 on its PATH (as last evaluated), so it cannot run a "
+    f"Python kernel. To fix it, {interpreter.NO_PYTHON_HINT}."
+)
 
 
 class NixKernelSpecManager(KernelSpecManager):
@@ -178,7 +217,7 @@ class NixKernelSpecManager(KernelSpecManager):
         for project in discover(self.project_dirs, self.max_depth):
             shells = cache.flake_shells(project.path) if project.flake else None
             targets.extend(describe(project, shells, self.include_venvs, library_shell))
-        return targets
+        return [without_python_problem(t, cache) for t in targets]
 
     def refresh(self) -> list[KernelTarget]:
         """Re-scan synchronously and replace the in-memory listing."""
@@ -204,7 +243,7 @@ class NixKernelSpecManager(KernelSpecManager):
         spec = self.spec_dict(target)
         base_url = getattr(self.parent, "base_url", None)
         if not isinstance(base_url, str):
-            return {"resource_dir": RESOURCES, "spec": spec}
+            return {"resource_dir": resources_for(target), "spec": spec}
         from jupyter_server.utils import url_path_join
 
         resources = {
@@ -334,8 +373,39 @@ class NixKernelSpecManager(KernelSpecManager):
             "display_name": target.display_name,
             "language": "python",
             "interrupt_mode": "signal",
-            "metadata": {"debugger": True, "nixkernel": self._metadata(target)},
+            "metadata": {
+                "debugger": True,
+                **encryption_metadata(self.declares_curve(target)),
+                "nixkernel": self._metadata(target),
+            },
         }
+
+    def transport_encryption_policy(self) -> str:
+        """The server's ``transport_encryption`` ("disabled", "auto", "required"): its kernel
+        manager's, else what the configuration (the same files for the command line) says."""
+        value = getattr(getattr(self.parent, "kernel_manager", None), "transport_encryption", None)
+        if value is None:
+            for section in ENCRYPTION_CONFIG_SECTIONS:
+                if section in self.config and "transport_encryption" in self.config[section]:
+                    value = self.config[section]["transport_encryption"]
+                    break
+        return str(value or "disabled").lower()
+
+    def declares_curve(self, target: KernelTarget) -> bool:
+        """Whether ``target``'s spec offers CurveZMQ encryption: when its environment's ipykernel
+        is known to support it, so that under "auto" a kernel that cannot is never handed keys
+        (it would not answer). Under "required" every spec declares it: a kernel that cannot
+        encrypt then explains why in the notebook, instead of jupyter_client refusing with
+        "kernelspec does not declare 'curve'"."""
+        if self.transport_encryption_policy() == "required":
+            return True
+        if target.venv:
+            return interpreter.supports_curve(interpreter.venv_ipykernel(target.venv))
+        source = target_source(target, self.venv_library_shell or None)
+        if source is None:
+            return False
+        facts = interpreter.cached_shell_facts(self.cache.slot(source))
+        return facts is not None and interpreter.supports_curve(facts.ipykernel)
 
     @staticmethod
     def _metadata(target: KernelTarget) -> dict[str, str]:
@@ -347,7 +417,7 @@ class NixKernelSpecManager(KernelSpecManager):
         return {key: value for key, value in info.items() if value}
 
     def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
-        return KernelSpec(resource_dir=RESOURCES, **self.spec_dict(target))
+        return self.kernel_spec_class(resource_dir=resources_for(target), **self.spec_dict(target))
 
     def project_kernel_target(self) -> KernelTarget:
         return KernelTarget(
@@ -361,9 +431,16 @@ class NixKernelSpecManager(KernelSpecManager):
         self._wait_for_scan()
         return self._own
 
+    def allowed(self, name: str) -> bool:
+        """Whether ``allowed_kernelspecs`` (or the older ``whitelist``, which jupyter_client
+        copies into it) lets a kernel through: an administrator's allow list hides nixkernel's
+        kernels as it hides installed ones."""
+        return not self.allowed_kernelspecs or name in self.allowed_kernelspecs
+
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
-        specs.update(dict.fromkeys(self._own_targets(), RESOURCES))
+        own = self._own_targets()
+        specs.update({name: resources_for(t) for name, t in own.items() if self.allowed(name)})
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
@@ -374,6 +451,8 @@ class NixKernelSpecManager(KernelSpecManager):
         """
         target = self._own_targets().get(kernel_name.lower())
         if target is not None:
+            if not self.allowed(target.name):
+                raise NoSuchKernel(kernel_name)
             return self.kernel_spec_for(target)
         if self.keep_native_kernels:
             return super().get_kernel_spec(kernel_name)
@@ -397,6 +476,10 @@ class NixKernelSpecManager(KernelSpecManager):
         return self._all_specs()
 
     def _all_specs(self) -> dict[str, dict[str, Any]]:
+        if self._spec_methods_overridden():
+            # As the stock manager does for subclasses: their own find_kernel_specs and
+            # get_kernel_spec (and kernel_spec_class) decide what is listed.
+            return KernelSpecManager.get_all_specs(self)
         specs: dict[str, dict[str, Any]] = {}
         if self.keep_native_kernels:
             for name, resource_dir in super().find_kernel_specs().items():
@@ -406,8 +489,24 @@ class NixKernelSpecManager(KernelSpecManager):
                     self.log.warning("Error loading kernelspec %r", name, exc_info=True)
                     continue
                 specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
-        specs.update(self._listing)
+        if self.allowed_kernelspecs:
+            specs.update({k: v for k, v in self._listing.items() if self.allowed(k)})
+        else:
+            specs.update(self._listing)
         return specs
+
+    def _spec_methods_overridden(self) -> bool:
+        """Whether a subclass overrides find_kernel_specs or get_kernel_spec (but not
+        get_all_specs), or uses its own kernel_spec_class: then the in-memory listing, built
+        from nixkernel's own specs, would bypass them."""
+        cls = type(self)
+        if cls.get_all_specs is not NixKernelSpecManager.get_all_specs:
+            return False
+        return (
+            cls.find_kernel_specs is not NixKernelSpecManager.find_kernel_specs
+            or cls.get_kernel_spec is not NixKernelSpecManager.get_kernel_spec
+            or self.kernel_spec_class is not KernelSpec
+        )
 
     def remove_kernel_spec(self, name: str) -> str:
         if name.lower() in self._own_targets():

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from . import environment, nix
+from . import environment, interpreter, nix
 from .cache import STALE, EnvironmentCache
 from .describe import (
     KIND_AUTO,
@@ -125,24 +125,25 @@ def target_source(
 
 
 def ipykernel_hint(target: KernelTarget) -> str:
-    """How to add ipykernel, in the words of the tool that made the environment."""
+    """How to add ipykernel, in the words of the tool that made the environment (commands that
+    work when pasted: paths are shell-quoted)."""
     if target.venv:
-        python = venv_python(target.venv)
+        from shlex import quote  # only on the way to an error message
+
+        python = quote(venv_python(target.venv))
+        in_project = f"cd {quote(target.project)} && " if target.project else ""
         flavor = venv_flavor(target.venv)
         if flavor == "poetry":
-            return (
-                f"install it in the virtualenv: `poetry add --group dev ipykernel` in "
-                f"{target.project}"
-            )
+            return f"install it in the virtualenv: `{in_project}poetry add --group dev ipykernel`"
         if flavor == "uv":
             # uv venvs have no pip; without a pyproject.toml `uv add` has nothing to add to.
             return (
-                f"install it in the virtualenv: `uv add --dev ipykernel` in {target.project} "
+                f"install it in the virtualenv: `{in_project}uv add --dev ipykernel` "
                 f"(a venv without a pyproject.toml: `uv pip install --python {python} ipykernel`)"
             )
         return (
             f"install it in the virtualenv: `{python} -m pip install ipykernel` "
-            f"(in a uv project: `uv add --dev ipykernel` in {target.project})"
+            f"(in a uv project: `{in_project}uv add --dev ipykernel`)"
         )
     return (
         "add ipykernel to the shell's Python, e.g. "
@@ -171,7 +172,8 @@ def plan_cached(
     env = environment.kernel_environment(shell_vars, server_env, target.venv, model, cwd)
     if model is not None:
         env.update(environment.temporary_directory(model, server_env))
-    python = find_python(target, env)
+    # Only the shell's own PATH entries: never the server's python3 (see find_python).
+    python = find_python(target, env, shell_vars.get("PATH", "") if source is not None else None)
     env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
     env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
     kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
@@ -192,15 +194,20 @@ def plan_cached(
     return Launch(bash, argv, env)
 
 
-def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
+def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | None = None) -> str:
+    """The kernel's Python: the venv's, else the first python3 on ``shell_path``, the shell's
+    own PATH entries. Never one from the server's PATH, which ``env`` appends: a shell without
+    Python (Go, Rust, a library shell) must say so, not run whatever python3 the server has.
+    (Without ``shell_path``, ``env``'s whole PATH: for environments that are not a shell.)"""
     if target.venv:
         return venv_python(target.venv)
-    python = environment.which("python3", env.get("PATH"))
+    python = environment.which("python3", env.get("PATH") if shell_path is None else shell_path)
     if python is None:
+        where = f"{target.project}'s environment" if target.project else "this environment"
         raise NixKernelError(
-            f"There is no python3 on the PATH of {target.project}'s environment.",
-            hint="Add Python with ipykernel to the shell, e.g. "
-            "`packages = [ (pkgs.python3.withPackages (ps: [ ps.ipykernel ])) ];`.",
+            f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
+            "Python kernel to start (the Jupyter server's own Python is not the shell's).",
+            hint=interpreter.NO_PYTHON_HINT + ", then restart the kernel",
         )
     return python
 
@@ -220,8 +227,13 @@ def plan_direct(
     env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
     import shlex
 
-    python = shlex.quote(venv_python(target.venv)) if target.venv else "python3"
-    script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {shlex.quote(args.connection_file)}"
+    connection = shlex.quote(args.connection_file)
+    if target.venv:
+        python = shlex.quote(venv_python(target.venv))
+        script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
+    else:
+        script = _direct_shell_python_script(target, connection)
+        env["NIXKERNEL_SERVER_PATH"] = server_env.get("PATH", "")
     if target.venv:
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
@@ -248,6 +260,27 @@ def plan_direct(
         script,
     ]
     return Launch(nix_shell, argv, env, cwd=target.project)
+
+
+def _direct_shell_python_script(target: KernelTarget, connection: str) -> str:
+    """Bash that execs the python3 on the shell's own PATH entries: ``nix develop`` and
+    ``nix-shell`` append the server's PATH (``$NIXKERNEL_SERVER_PATH``), whose python3 is not the
+    shell's. Without one, the fallback kernel says so."""
+    import shlex
+
+    message = (
+        f"There is no Python in {target.project}'s environment: no python3 on the shell's PATH, "
+        "so there is no Python kernel to start (the Jupyter server's own Python is not the "
+        f"shell's).\n\nHow to fix it: {interpreter.NO_PYTHON_HINT}, then restart the kernel."
+    )
+    fallback_argv = " ".join(shlex.quote(a) for a in (FALLBACK_SCRIPT, "--message", message))
+    return (
+        'shell_path=${PATH%"$NIXKERNEL_SERVER_PATH"}; shell_path=${shell_path%:}; '
+        "unset NIXKERNEL_SERVER_PATH; "
+        'if p=$(PATH="$shell_path" command -v python3); then '
+        f'exec "$p" {shlex.quote(BOOT_SCRIPT)} -f {connection}; fi; '
+        f'exec "$NIXKERNEL_FALLBACK_PYTHON" -E {fallback_argv} -f {connection}'
+    )
 
 
 def fallback(message: str, connection_file: str) -> Launch:

@@ -260,155 +260,205 @@ def kernel_runner():
 __all__ = ["IN_CI", "KernelRun", "nix_version_tuple", "require", "run_in_kernel", "sys"]
 
 
-# -- a NixOS-like multi-user set-up: nix-daemon and ordinary users --------------------------------
+# -- a Nix daemon on a private socket, and ordinary users to reach it as -------------------------
 
 
 @dataclass
 class NixDaemon:
-    """A running ``nix-daemon`` of the version under test on a private socket, and how to run a
-    command as an ordinary user through it (``NIX_REMOTE=daemon``), as on NixOS."""
+    """A ``nix-daemon`` (of the version the ``nix`` fixture runs) on a private socket, as on a
+    multi-user install (/work/shared/nix/README.md), with two ordinary users: ``member`` (in the
+    socket's group ``nix-users``) and ``outsider`` (not). Builds run with the daemon's offline
+    settings; clients reach it with ``NIX_REMOTE=daemon`` and ``NIX_DAEMON_SOCKET_PATH``."""
 
-    socket: Path
-    bin_dir: str
-    nix_config: str
-    home: Path
-    """A directory every test user can read (``/tmp/pytest-of-root`` is root's alone)."""
+    socket: str
+    nix_bin: str
+    """The directory of the nix binaries (the daemon's version): first on the users' PATH."""
+    base: Path
+    """A world-readable directory for files the users need (see :meth:`give`)."""
+    member: str
+    outsider: str
     python: str
-    """A Python the users can run, with this test run's packages (nixkernel, ipykernel...)."""
+    """A Python the users may run, with this test run's packages and nixkernel importable
+    through ``PYTHONPATH`` (in :meth:`client_env`): the test venv's own interpreter may live
+    under root's home (pyenv), which other users cannot enter."""
+    pythonpath: str
 
-    def user_env(self, user: str, **extra: str) -> dict[str, str]:
-        home = self.home / user
-        return {
-            "HOME": str(home),
+    def client_env(self, user: str, socket: str | None = None, **extra: str) -> dict[str, str]:
+        """The environment of a Nix client run as ``user`` against this daemon (or ``socket``)."""
+        import pwd
+
+        home = pwd.getpwnam(user).pw_dir
+        env = {
+            "HOME": home,
             "USER": user,
             "LOGNAME": user,
-            "PATH": f"{self.bin_dir}:/usr/bin:/bin",
+            "PATH": f"{self.nix_bin}:/usr/local/bin:/usr/bin:/bin",
             "NIX_REMOTE": "daemon",
-            "NIX_DAEMON_SOCKET_PATH": str(self.socket),
-            "NIX_CONFIG": self.nix_config,
-            "LANG": "C.UTF-8",
-            **extra,
+            "NIX_DAEMON_SOCKET_PATH": socket or self.socket,
+            # Client-side settings only: builds follow the daemon's.
+            "NIX_CONFIG": "experimental-features = nix-command flakes\n"
+            f"flake-registry = {self.base / 'empty-registry.json'}\n"
+            "warn-dirty = false\n",
+            "NIX_BUILD_SHELL": "bash",
+            "JUPYTER_PLATFORM_DIRS": "1",
+            "NIXKERNEL_CACHE_DIR": os.path.join(home, ".cache", "nixkernel"),
+            "PYTHONPATH": self.pythonpath,
         }
+        return {**env, **extra}
 
-    def run_as(self, user: str, argv: list[str], timeout: float = 300, **extra: str):
+    def run_as(
+        self, user: str, argv: list[str], env: dict[str, str] | None = None, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:  # noqa: F821 (imported where it runs)
+        """Run ``argv`` as ``user`` (uid, gid and supplementary groups, as after a login)."""
+        import pwd
         import subprocess
 
-        env = self.user_env(user, **extra)
-        assignments = [f"{k}={v}" for k, v in env.items()]
+        entry = pwd.getpwnam(user)
         return subprocess.run(
-            ["runuser", "-u", user, "--", "env", "-i", *assignments, *argv],
+            argv,
+            user=entry.pw_uid,
+            group=entry.pw_gid,
+            extra_groups=os.getgrouplist(user, entry.pw_gid),
+            env=env if env is not None else self.client_env(user),
             capture_output=True,
             text=True,
-            cwd=env["HOME"],
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            timeout=300,
+            **kwargs,  # type: ignore[arg-type]
         )
 
+    def give(self, path: Path, user: str) -> Path:
+        """Make ``path`` (a tree under :attr:`base`) ``user``'s."""
+        import pwd
 
-#: Test users: one in nix-users (may use the daemon), one outside it (the socket refuses it).
-DAEMON_USER, OUTSIDER = "nixkernel-tester", "nixkernel-outsider"
+        entry = pwd.getpwnam(user)
+        for current, dirs, files in os.walk(path):
+            for name in [current, *(os.path.join(current, n) for n in dirs + files)]:
+                os.lchown(name, entry.pw_uid, entry.pw_gid)
+        return path
 
 
-def _ensure_user(name: str, groups: list[str], home: Path) -> None:
-    import pwd
+@contextlib.contextmanager
+def nix_daemon_process(nix_bin: str, directory: Path, config: str) -> Iterator[str]:
+    """A ``nix-daemon`` from ``nix_bin`` listening on ``directory/socket`` (``directory`` made
+    ``root:nix-users 0770``, as the default socket's), with ``config`` as its NIX_CONFIG;
+    yields the socket path and stops the daemon (and the children it forked) afterwards."""
+    import grp
+    import signal
     import subprocess
+    import time
 
-    home.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True)
+    os.chown(directory, 0, grp.getgrnam("nix-users").gr_gid)
+    directory.chmod(0o770)
+    socket = str(directory / "socket")
+    log = open(directory.parent / f"{directory.name}.log", "w")  # noqa: SIM115
+    env = {**os.environ, "NIX_CONFIG": config, "NIX_DAEMON_SOCKET_PATH": socket}
+    daemon = subprocess.Popen(
+        [os.path.join(nix_bin, "nix-daemon")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown stops its children too
+    )
     try:
-        pwd.getpwnam(name)
-    except KeyError:
-        cmd = ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh"]
-        subprocess.run([*cmd, *(["-G", ",".join(groups)] if groups else []), name], check=True)
-    shutil.chown(home, name, name)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket):  # readiness: the daemon creates it when listening
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"nix-daemon did not start: {Path(log.name).read_text()}")
+            time.sleep(0.02)
+        yield socket
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+
+
+def daemon_config(registry: Path, extra: str = "") -> str:
+    """The daemon's settings: offline (no substituters, no sandbox, builds as root)."""
+    return (
+        "experimental-features = nix-command flakes\n"
+        "sandbox = false\n"
+        "substituters =\n"
+        "build-users-group =\n"
+        f"flake-registry = {registry}\n" + extra
+    )
 
 
 @pytest.fixture(scope="session")
-def nix_daemon(nix: str, nix_install: str) -> Iterator[NixDaemon]:
-    """This Nix version's ``nix-daemon`` on a private socket (never the machine's default one),
-    with the offline settings, and two ordinary users; all removed at the end."""
+def nix_daemon(nix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NixDaemon]:
+    """A private nix-daemon and two users to reach it as (created for the session, removed at
+    its end). Needs root (to add users and run the daemon) and Debian's ``nix-users`` group."""
     import grp
     import subprocess
     import tempfile
 
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("the daemon tests need root (to start nix-daemon and create users)")
-        pytest.skip("the daemon tests need root")
-    require("runuser")
+    nix_bin = os.path.dirname(nix)
+    missing = [
+        why
+        for why, bad in (
+            ("root", os.geteuid() != 0),
+            ("useradd", shutil.which("useradd") is None),
+            ("nix-daemon", not os.access(os.path.join(nix_bin, "nix-daemon"), os.X_OK)),
+        )
+        if bad
+    ]
     try:
-        nix_users = grp.getgrnam("nix-users").gr_gid
+        grp.getgrnam("nix-users")
     except KeyError:
-        pytest.fail("the group nix-users is missing: Debian's nix-bin creates it")
-    # Under /tmp, not pytest's root-only directory: the users must reach their homes.
-    base = Path(tempfile.mkdtemp(prefix="nixkernel-daemon-", dir="/tmp"))
+        missing.append("the nix-users group")
+    python, pythonpath = _python_for_users()
+    if python is None:
+        missing.append(f"a python{sys.version_info[0]}.{sys.version_info[1]} other users can run")
+    if missing:
+        if IN_CI:
+            pytest.fail(f"the daemon tests need {', '.join(missing)} under CI=true")
+        pytest.skip(f"the daemon tests need {', '.join(missing)}")
+    assert python is not None
+    # Not under pytest's tmp_path: that is root's 0700, and the users must read what is here.
+    base = Path(tempfile.mkdtemp(prefix="nixkernel-daemon-"))
     base.chmod(0o755)
-    socket_dir = base / "socket"
-    socket_dir.mkdir()
-    os.chown(socket_dir, 0, nix_users)
-    socket_dir.chmod(0o770)
-    homes = base / "home"
-    homes.mkdir()
-    homes.chmod(0o755)
-    _ensure_user(DAEMON_USER, ["nix-users"], homes / DAEMON_USER)
-    _ensure_user(OUTSIDER, [], homes / OUTSIDER)
-    socket = socket_dir / "socket"
-    env = {**os.environ, "NIX_DAEMON_SOCKET_PATH": str(socket)}
-    env.pop("NIX_REMOTE", None)
-    daemon = subprocess.Popen(
-        [os.path.join(nix_install, "nix-daemon")],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(base / "daemon.log", "w"),  # noqa: SIM115 (closed with the process)
-    )
+    (base / "empty-registry.json").write_text('{"flakes": [], "version": 2}')
+    tag = f"{os.getpid() % 100000}"
+    member, outsider = f"nkmember{tag}", f"nkoutsider{tag}"
     try:
-        _wait_for_socket(socket, daemon, base / "daemon.log")
-        yield NixDaemon(socket, nix_install, os.environ["NIX_CONFIG"], homes, _user_python(base))
+        subprocess.run(["useradd", "-m", "-G", "nix-users", member], check=True)
+        subprocess.run(["useradd", "-m", outsider], check=True)
+        config = daemon_config(base / "empty-registry.json")
+        with nix_daemon_process(nix_bin, base / "daemon", config) as socket:
+            yield NixDaemon(socket, nix_bin, base, member, outsider, python, pythonpath)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=30)
-        for user in (DAEMON_USER, OUTSIDER):
-            subprocess.run(["userdel", user], capture_output=True)
+        for user in (member, outsider):
+            subprocess.run(["userdel", "-r", user], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _wait_for_socket(path: Path, daemon, log: Path, timeout: float = 60) -> None:
-    """Until the daemon accepts connections (it has no readiness signal of its own)."""
-    import socket
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if daemon.poll() is not None:
-            pytest.fail(f"nix-daemon exited: {log.read_text()}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"nix-daemon did not listen on {path}: {log.read_text()}")
-        time.sleep(0.02)
-
-
-def _user_python(base: Path) -> str:
-    """A venv of the system's Python 3.11 that sees this run's site-packages. The run's own
-    interpreter may live where other users cannot reach it (pyenv under /root)."""
-    import subprocess
+def _python_for_users() -> tuple[str | None, str]:
+    """(interpreter, PYTHONPATH) for running this test run's code as another user: this
+    interpreter if everyone may run it, else the system's python3.X of the same version."""
+    import site
     import sysconfig
 
-    system_python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    if not os.access(system_python, os.X_OK):
-        pytest.skip(f"{system_python} is needed to run Python as another user")
-    venv = base / "python"
-    subprocess.run([system_python, "-m", "venv", "--without-pip", str(venv)], check=True)
-    ask = "import sysconfig; print(sysconfig.get_path('purelib'))"
-    site = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", ask],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    ours = sysconfig.get_paths()["purelib"]
-    Path(site, "nixkernel-tests.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    return str(venv / "bin" / "python")
+    def runnable(path: str) -> bool:
+        real = os.path.realpath(path)
+        parents = [os.path.dirname(real)]
+        while parents[-1] != "/":
+            parents.append(os.path.dirname(parents[-1]))
+        return os.stat(real).st_mode & 0o001 != 0 and all(
+            os.stat(d).st_mode & 0o001 for d in parents
+        )
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    paths = [repo, *site.getsitepackages(), sysconfig.get_paths()["platlib"]]
+    pythonpath = ":".join(dict.fromkeys(paths))
+    if runnable(sys.executable):
+        return sys.executable, pythonpath
+    name = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    system = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
+    return (system if system and runnable(system) else None), pythonpath

@@ -116,7 +116,11 @@ def test_every_subcommand_has_help(ws):
 def test_list_all_adds_native_kernelspecs_and_keeps_own_keys(ws, warmed):
     own = listing(ws, "--dir", str(ws.good))
     assert all(set(row) == OWN_ROW_KEYS for row in own), own
-    assert {r["kind"] for r in own} == {"flake", "shell.nix"}
+    # Python (this project) is listed as the server offers it: nixkernel's, not a native one.
+    assert {r["kind"] for r in own} == {"flake", "shell.nix", "auto"}
+    auto = next(r for r in own if r["kind"] == "auto")
+    assert auto["name"] == "nix-this-project" and auto["display_name"] == "Python (this project)"
+    assert auto["project"] is None
 
     everything = listing(ws, "--all", "--dir", str(ws.good))
     native = [r for r in everything if r["kind"] == "native"]
@@ -134,7 +138,8 @@ def test_warm_all_evaluates_every_devshell_with_progress(ws, warmed):
     assert sorted(p[0] for p in progress) == ["1", "2", "3"]
     assert {p[1] for p in progress} == {"3"}
     assert any("-docs-" in p[2] for p in progress)
-    assert all(r["cache"] == "fresh" for r in listing(ws, "--dir", str(ws.good)))
+    rows = listing(ws, "--dir", str(ws.good))
+    assert all(r["cache"] == "fresh" for r in rows if r["kind"] != "auto")
 
     again = cli(ws, "warm", "--all", "--dir", str(ws.good))
     assert again.returncode == 0

@@ -8,12 +8,12 @@ as for an ordinary user on NixOS; the user owns nothing in the store and is not 
 from __future__ import annotations
 
 import json
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-from conftest import DAEMON_USER, OUTSIDER, NixDaemon
+from conftest import NixDaemon
 from nixprojects import python_package, write_flake, write_shell_nix
 
 #: Started by the user: every kernel of the projects, one cell each, results as JSON.
@@ -46,37 +46,50 @@ print(json.dumps(results))
 """
 
 
+def user_home(daemon: NixDaemon, user: str) -> Path:
+    """A directory of the user's own, that the user can reach (under the daemon's base)."""
+    home = daemon.base / user
+    home.mkdir(exist_ok=True)
+    return home
+
+
 def user_projects(daemon: NixDaemon, user: str) -> Path:
-    """A flake and a shell.nix project in the user's home, owned by the user."""
-    home = daemon.home / user
-    python = python_package(daemon.python)
-    shell = {"GREETING": "hello through the daemon", "packages": [python]}
+    """A flake and a shell.nix project, owned by the user. The shells' python3 is one the user
+    may run; its PYTHONPATH (set by the shell) finds this test run's ipykernel."""
+    home = user_home(daemon, user)
+    shell = {
+        "GREETING": "hello through the daemon",
+        "packages": [python_package(daemon.python)],
+        "PYTHONPATH": daemon.pythonpath,
+    }
     write_flake(home / "projects" / "api", {"default": shell})
     write_shell_nix(home / "projects" / "legacy", shell)
-    for path in [home, *home.rglob("*")]:
-        shutil.chown(path, user, user)
+    daemon.give(home, user)
     return home / "projects"
 
 
-def nixkernel_cli(daemon: NixDaemon, user: str, *args: str) -> subprocess.CompletedProcess:
-    home = daemon.home / user
-    return daemon.run_as(
+def as_user(daemon: NixDaemon, user: str, *argv: str) -> subprocess.CompletedProcess:
+    home = user_home(daemon, user)
+    env = daemon.client_env(
         user,
-        [daemon.python, "-m", "nixkernel.cli", *args],
         NIXKERNEL_CACHE_DIR=str(home / "cache"),
         JUPYTER_CONFIG_DIR=str(home / "jupyter-config"),
         JUPYTER_DATA_DIR=str(home / "jupyter-data"),
-        JUPYTER_PLATFORM_DIRS="1",
     )
+    return daemon.run_as(user, list(argv), env=env, cwd=str(home))
+
+
+def nixkernel_cli(daemon: NixDaemon, user: str, *args: str) -> subprocess.CompletedProcess:
+    return as_user(daemon, user, daemon.python, "-m", "nixkernel.cli", *args)
 
 
 def test_ordinary_user_evaluates_through_the_daemon_and_runs_kernels(nix_daemon: NixDaemon):
     """warm, the GC roots and the kernels work for a user in nix-users who talks to the daemon:
     the environments are built by the daemon, rooted from the user's cache (an indirect root the
     daemon registers), and the kernels run as the user with the shell's variables."""
-    user = DAEMON_USER
+    user = nix_daemon.member
     projects = user_projects(nix_daemon, user)
-    cache = nix_daemon.home / user / "cache"
+    cache = user_home(nix_daemon, user) / "cache"
 
     warm = nixkernel_cli(nix_daemon, user, "warm", "--all", "--dir", str(projects))
     assert warm.returncode == 0, warm.stdout + warm.stderr
@@ -87,10 +100,10 @@ def test_ordinary_user_evaluates_through_the_daemon_and_runs_kernels(nix_daemon:
     profiles = sorted(cache.glob("envs/*/profile"))
     assert len(profiles) == 2
     roots = subprocess.run(
-        [f"{nix_daemon.bin_dir}/nix-store", "--gc", "--print-roots"],
+        [f"{nix_daemon.nix_bin}/nix-store", "--gc", "--print-roots"],
         capture_output=True,
         text=True,
-        env={**nix_daemon.user_env("root"), "HOME": "/root"},
+        env=nix_daemon.client_env("root"),
         check=True,
     ).stdout
     for profile in profiles:
@@ -98,11 +111,11 @@ def test_ordinary_user_evaluates_through_the_daemon_and_runs_kernels(nix_daemon:
         assert str(target).startswith("/nix/store/")
         assert f"{profile.parent}/" in roots and str(target) in roots, roots
 
-    probe = nix_daemon.home / user / "probe.py"
+    probe = user_home(nix_daemon, user) / "probe.py"
     probe.write_text(PROBE)
     shutil.chown(probe, user, user)
-    uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout)
-    run = nix_daemon.run_as(user, [nix_daemon.python, str(probe), str(projects), str(cache)])
+    uid = pwd.getpwnam(user).pw_uid
+    run = as_user(nix_daemon, user, nix_daemon.python, str(probe), str(projects), str(cache))
     assert run.returncode == 0, run.stderr
     results = json.loads(run.stdout.splitlines()[-1])
     assert results == {
@@ -114,7 +127,7 @@ def test_ordinary_user_evaluates_through_the_daemon_and_runs_kernels(nix_daemon:
 def test_user_outside_nix_users_is_told_the_reason_and_the_fix(nix_daemon: NixDaemon):
     """The daemon's socket refuses a user outside nix-users: warm names that cause and its fix,
     never "fix the Nix file"."""
-    user = OUTSIDER
+    user = nix_daemon.outsider
     projects = user_projects(nix_daemon, user)
     warm = nixkernel_cli(nix_daemon, user, "warm", "--all", "--dir", str(projects))
     assert warm.returncode == 1
@@ -124,16 +137,12 @@ def test_user_outside_nix_users_is_told_the_reason_and_the_fix(nix_daemon: NixDa
     assert "Nix file" not in text
 
 
-@pytest.mark.parametrize("user", [DAEMON_USER])
-def test_daemon_build_settings_are_the_daemons_not_the_users(nix_daemon: NixDaemon, user: str):
-    """Sanity of the set-up itself: the user's Nix talks to the daemon (no local store access),
-    so a success above is the daemon's doing."""
-    direct = nix_daemon.run_as(
-        user, [f"{nix_daemon.bin_dir}/nix-store", "--store", "local", "-q", "--hash", "/nix/store"]
-    )
-    assert direct.returncode != 0  # an ordinary user cannot open the store itself
-    via = nix_daemon.run_as(
-        user, [f"{nix_daemon.bin_dir}/nix", "--extra-experimental-features", "nix-command",
-               "store", "ping"]
-    )  # fmt: skip
-    assert via.returncode == 0, via.stderr
+def test_the_user_reaches_the_store_only_through_the_daemon(nix_daemon: NixDaemon):
+    """Sanity of the set-up itself: the user's Nix talks to the daemon and cannot open the store
+    itself, so a success above is the daemon's doing, as on NixOS."""
+    user = nix_daemon.member
+    nix_store = f"{nix_daemon.nix_bin}/nix-store"
+    direct = as_user(nix_daemon, user, nix_store, "--store", "local", "--add", "/etc/hostname")
+    assert direct.returncode != 0  # an ordinary user cannot write the store itself
+    via = as_user(nix_daemon, user, nix_store, "--add", "/etc/hostname")
+    assert via.returncode == 0 and via.stdout.startswith("/nix/store/"), via.stderr

@@ -34,7 +34,8 @@ def list_without_dirs(tmp_path: Path, server_config: str) -> list[dict]:
     }
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    return json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
+    rows = json.loads(nixkernel("list", "--json", env=env, cwd=cwd).stdout)
+    return [r for r in rows if r["kind"] != "auto"]  # Python (this project) is always there
 
 
 def test_list_json_reports_projects_and_cache_state(nix, projects, tmp_path, kernel_runner):
@@ -49,6 +50,7 @@ def test_list_json_reports_projects_and_cache_state(nix, projects, tmp_path, ker
     assert [(r["kind"], r["project"], r["cache"]) for r in rows] == [
         ("flake", str(flake), "none"),
         ("shell.nix", str(legacy), "none"),
+        ("auto", None, "none"),
     ]
     assert set(rows[0]) >= {"name", "display_name", "kind", "shell", "project", "venv", "cache"}
     assert rows[0]["display_name"] == "api (flake)" and rows[0]["shell"] == "default"
@@ -63,7 +65,7 @@ def test_list_json_reports_projects_and_cache_state(nix, projects, tmp_path, ker
         r["kind"]: r["cache"]
         for r in json.loads(nixkernel("list", "--json", str(projects), env=env).stdout)
     }
-    assert states == {"flake": "fresh", "shell.nix": "none"}
+    assert states == {"flake": "fresh", "shell.nix": "none", "auto": "none"}
 
     # Edit the flake: the cached environment is stale until the next start re-evaluates it.
     write_flake(flake, {"default": {**DEFAULT_SHELL, "GREETING": "edited"}})

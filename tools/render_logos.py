@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Regenerate the kernel logo PNGs from nixkernel/resources/logo-svg.svg.
+"""Regenerate the kernel logo PNGs from their SVGs: nixkernel/resources/logo-svg.svg (Nix
+kernels: the Nix snowflake with a Python badge) and nixkernel/resources/venv/logo-svg.svg
+(virtualenv kernels: Python alone).
 
-Dev script (stdlib only): renders the SVG with headless Chromium at each
+Dev script (stdlib only): renders each SVG with headless Chromium at each
 size and checks the result is a transparent RGBA PNG of the right size.
 
     python tools/render_logos.py [--chromium /usr/bin/chromium]
@@ -20,7 +22,8 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESOURCES = ROOT / "nixkernel" / "resources"
-SVG = RESOURCES / "logo-svg.svg"
+#: Each resources directory holds a logo-svg.svg and the PNGs rendered from it.
+LOGO_DIRS = (RESOURCES, RESOURCES / "venv")
 SIZES = (64, 32)
 
 PAGE = """<!DOCTYPE html>
@@ -51,9 +54,11 @@ def png_header(path: pathlib.Path) -> tuple[int, int, int, int]:
     return width, height, depth, colour
 
 
-def render(chromium: str, size: int, out: pathlib.Path, tmp: pathlib.Path) -> None:
+def render(
+    chromium: str, svg: pathlib.Path, size: int, out: pathlib.Path, tmp: pathlib.Path
+) -> None:
     page = tmp / f"logo-{size}.html"
-    page.write_text(PAGE.format(size=size, src=html.escape(SVG.as_uri())), encoding="utf-8")
+    page.write_text(PAGE.format(size=size, src=html.escape(svg.as_uri())), encoding="utf-8")
     shot = tmp / f"logo-{size}.png"
     cmd = [
         chromium,
@@ -90,8 +95,10 @@ def main() -> None:
     chromium = find_chromium(args.chromium)
     with tempfile.TemporaryDirectory(prefix="nixkernel-logos-") as tmpdir:
         tmp = pathlib.Path(tmpdir)
-        for size in SIZES:
-            render(chromium, size, RESOURCES / f"logo-{size}x{size}.png", tmp)
+        for directory in LOGO_DIRS:
+            for size in SIZES:
+                out = directory / f"logo-{size}x{size}.png"
+                render(chromium, directory / "logo-svg.svg", size, out, tmp)
 
 
 if __name__ == "__main__":

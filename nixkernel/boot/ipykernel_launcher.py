@@ -40,4 +40,40 @@ except ImportError as exc:
     _boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fallback.py")
     os.execv(_fallback_python, [_fallback_python, "-E", _boot, "--message", message] + sys.argv[1:])
 
+
+def _curve_refusal():
+    """Why this ipykernel cannot serve the connection file's CurveZMQ keys, or None.
+
+    jupyter_client (transport_encryption "auto" / "required") writes keys into the connection
+    file; an ipykernel older than 7.3 ignores them and binds unencrypted sockets, which the
+    server's encrypted client never reaches: the kernel would just never answer."""
+    if hasattr(kernelapp.IPKernelApp, "curve_secretkey") or "-f" not in sys.argv[:-1]:
+        return None
+    import json
+
+    try:
+        with open(sys.argv[sys.argv.index("-f") + 1]) as f:
+            if "curve_secretkey" not in json.load(f):
+                return None
+    except (OSError, ValueError):
+        return None
+    import ipykernel
+
+    return (
+        "The Jupyter server encrypts its connections to kernels (CurveZMQ, transport_encryption), "
+        "but this environment's ipykernel %s cannot: encryption needs ipykernel 7.3 or newer "
+        "(%s).\n\nHow to fix it: upgrade ipykernel in this environment, then restart the kernel; "
+        "or, if unencrypted kernels are acceptable, set "
+        'c.MappingKernelManager.transport_encryption = "auto" (nixkernel then declares '
+        "encryption only for environments whose ipykernel supports it)."
+        % (getattr(ipykernel, "__version__", "?"), sys.executable)
+    )
+
+
+_refusal = _curve_refusal() if _fallback_python else None
+if _refusal:
+    _boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fallback.py")
+    _argv = [_fallback_python, "-E", _boot, "--message", _refusal]
+    os.execv(_fallback_python, _argv + sys.argv[1:])
+
 kernelapp.launch_new_instance()
