@@ -173,7 +173,11 @@ def counting_nix(nix: str, tmp_path: Path) -> CountingNix:
     log = tmp_path / "nix-calls.log"
     wrapper = tmp_path / "bin" / "nix"
     wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\nexec "{nix}" "$@"\n')
+    # One line per call, whatever newlines its arguments hold (direct mode's bash -c script).
+    wrapper.write_text(
+        f"#!/bin/sh\n{{ printf '%s ' \"$@\" | tr '\\n' ' '; echo; }} >> \"{log}\"\n"
+        f'exec "{nix}" "$@"\n'
+    )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     return CountingNix(str(wrapper), log)
 
