@@ -283,6 +283,20 @@ def _direct_shell_python_script(target: KernelTarget, connection: str) -> str:
     )
 
 
+def kernel_message(exc: NixKernelError, project: str) -> str:
+    """The fallback kernel's text: the cause first (its first line is the error's ``evalue``,
+    all that clients showing ``ename: evalue`` print), then the project, the fix (and, as
+    there is a kernel, to restart it), and Nix's own text."""
+    parts = [exc.message, f"Project: {project}"]
+    if exc.hint:
+        hint = exc.hint.rstrip()
+        stop = "" if hint.endswith((".", "!", "?")) else "."
+        parts.append(f"How to fix it: {hint}{stop} Then restart the kernel.")
+    if exc.details:
+        parts.append(exc.details)
+    return "\n\n".join(parts)
+
+
 def fallback(message: str, connection_file: str) -> Launch:
     """Exec plan for the fallback kernel, in the server's own Python and environment."""
     argv = [sys.executable, FALLBACK_SCRIPT, "--message", message, "-f", connection_file]
@@ -298,8 +312,7 @@ def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
             return plan_direct(target, args, server_env)
         return plan_cached(target, args, server_env)
     except NixKernelError as exc:
-        where = args.project or os.getcwd()
-        message = f"Project: {where}\n\n{exc}"
+        message = kernel_message(exc, args.project or os.getcwd())
         log(message)
         return fallback(message, args.connection_file)
     except Exception as exc:  # a bug of ours: still explain it in the notebook, not in a loop
@@ -321,9 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         # E.g. an interpreter whose program loader is missing (a downloaded Python on NixOS):
         # explain it in the notebook rather than die and be restarted by the server.
         message = (
-            f"Project: {args.project or os.getcwd()}\n\nCannot run {launch.executable}: {exc}. "
-            "If it is a virtualenv's Python, recreate the venv on a Python that runs here "
-            "(on NixOS: a Nix Python, or enable nix-ld)."
+            f"Cannot run {launch.executable}: {exc}.\n\nProject: {args.project or os.getcwd()}"
+            "\n\nHow to fix it: if it is a virtualenv's Python, recreate the venv on a Python "
+            "that runs here (on NixOS: a Nix Python, or enable nix-ld). Then restart the kernel."
         )
         log(message)
         launch = fallback(message, args.connection_file)

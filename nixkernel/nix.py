@@ -39,6 +39,9 @@ def nix_command(nix: str, *args: str) -> list[str]:
 class NixKernelError(Exception):
     """An error a user can act on: what failed, where, and how to fix it."""
 
+    cause = ""
+    """What kind of failure it is, when Nix failed (see :mod:`nixkernel.nixerrors`)."""
+
     def __init__(self, message: str, hint: str = "", details: str = "") -> None:
         super().__init__(message)
         self.message = message
@@ -339,8 +342,10 @@ def print_dev_env(
         untracked = untracked_flake_files(source.local_dir)
         if untracked:
             raise NixEvaluationError(
-                f"Nix cannot see {', '.join(untracked)}: the flake is in a git repository, and "
-                "Nix only reads files that git tracks.",
+                f"{' and '.join(os.path.basename(u) for u in untracked)} "
+                f"{'are' if len(untracked) > 1 else 'is'} not tracked by git, so Nix cannot see "
+                f"{'them' if len(untracked) > 1 else 'it'} (the flake "
+                f"{source.local_dir} is in a git repository: Nix reads only tracked files).",
                 hint="Run `git add --intent-to-add "
                 + " ".join(os.path.basename(u) for u in untracked)
                 + f"` in {source.local_dir} (no commit needed).",
@@ -439,60 +444,16 @@ def _is_chatter(line: str) -> bool:
 
 
 def explain_failure(source: NixSource, stderr_lines: list[str], status: int) -> NixEvaluationError:
-    """Turn a failed Nix run into a message that names the project and the fix."""
+    """Turn a failed Nix run into an error that leads with its cause (Nix's real message and
+    where it points), gives that cause's fix, and keeps Nix's text: see
+    :mod:`nixkernel.nixerrors`."""
+    from . import nixerrors  # a failure only
+
     errors = [ln for ln in stderr_lines if not _is_chatter(ln)]
-    text = "\n".join(errors).strip()
-    # Nix's message starts at the first "error:" line; keep it, and a bounded amount after it.
-    start = next((i for i, ln in enumerate(errors) if ln.lstrip().startswith("error")), 0)
-    excerpt = "\n".join(errors[start : start + 40]).strip() or f"(nix exited with status {status})"
-    what = source.describe()
-    if "was not found in the Nix search path" in text:
-        missing = re.search(r"file '([^']+)' was not found", text)
-        name = missing.group(1) if missing else "nixpkgs"
-        return NixEvaluationError(
-            f"{what} imports <{name}>, but the Jupyter server's NIX_PATH has no entry for it "
-            f"(NIX_PATH={os.environ.get('NIX_PATH', '')!r}).",
-            hint=f"Add a channel (`nix-channel --add https://nixos.org/channels/nixos-unstable "
-            f"{name} && nix-channel --update`), or start Jupyter with "
-            f"NIX_PATH={name}=/path/to/{name}, "
-            f"or pin it in the file (`import (fetchTarball ...)`).",
-            details=f"Nix said:\n{excerpt}",
-        )
-    if "experimental Nix feature" in text:
-        return NixEvaluationError(
-            f"Nix refused to evaluate {what}: flakes / nix-command are not enabled.",
-            hint="Add `experimental-features = nix-command flakes` to /etc/nix/nix.conf or "
-            "~/.config/nix/nix.conf.",
-            details=f"Nix said:\n{excerpt}",
-        )
-    if (
-        source.is_flake
-        and "getting status of" in text
-        and "No such file or directory" in text
-        and source.local_dir
-    ):
-        top = git_toplevel(source.local_dir)
-        if top:
-            return NixEvaluationError(
-                f"Nix cannot find a file of the flake {source.local_dir}: in a git repository Nix "
-                "only sees files git tracks.",
-                hint=f"`git add --intent-to-add` the new files in {top} (no commit needed).",
-                details=f"Nix said:\n{excerpt}",
-            )
-    if source.is_flake and "does not provide attribute" in text:
-        wanted = source.attr or "default dev shell"
-        return NixEvaluationError(
-            f"The flake {source.location} has no {wanted}.",
-            hint="Define it in flake.nix (devShells.<system>.<name> = pkgs.mkShell { ... };), or "
-            "refresh the kernel list so it shows the shells the flake has.",
-            details=f"Nix said:\n{excerpt}",
-        )
-    return NixEvaluationError(
-        f"Nix could not evaluate {what} (exit status {status}).",
-        hint="Fix the error below in the Nix file, then restart the kernel. Try it in a terminal "
-        f"with `nix develop {' '.join(source.installable_args())}`.",
-        details=f"Nix said:\n{excerpt}",
-    )
+    explained = nixerrors.explain(source, errors, status)
+    error = NixEvaluationError(explained.summary, hint=explained.hint, details=explained.details)
+    error.cause = explained.cause
+    return error
 
 
 def log(message: str) -> None:
