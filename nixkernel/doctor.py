@@ -269,6 +269,7 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     label = target.display_name
     source = target_source(target, manager.venv_library_shell or None)
     variables: Mapping[str, str] = {}
+    model: Mapping | None = None
     if source is not None:
         state, entry = manager.cache.inspect(source, manager.nix_executable or None)
         if entry is None or state == "none":
@@ -279,7 +280,8 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
                 subject=target.project,
             )
         variables = entry["variables"]
-    env = kernel_environment(variables, os.environ, target.venv)
+        model = entry["shell"]
+    env = kernel_environment(variables, os.environ, target.venv, model)
     try:
         python = find_python(target, env)
         result = _run([python, "-c", "import ipykernel"], env=env)
