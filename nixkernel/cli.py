@@ -451,7 +451,8 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 info["env_note"] = "Follows the notebook's project: see that project's kernel."
             else:
                 variables = entry["variables"] if entry else {}
-                info["env"] = kernel_environment(variables, os.environ, target.venv)
+                model = entry.get("shell") if entry else None
+                info["env"] = kernel_environment(variables, os.environ, target.venv, model)
                 if entry and info["cache"]["state"] == STALE:
                     info["env_note"] = "From the stale cache entry: `warm` updates it."
         return info

@@ -502,6 +502,7 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     source = target_source(target, manager.venv_library_shell or None, manager.nix_args)
     variables: Mapping[str, str] = {}
     shell_path: str | None = None
+    model: Mapping | None = None
     if source is not None:
         state, entry = manager.cache.inspect(source, manager.nix_executable or None)
         if entry is None or state == "none":
@@ -514,7 +515,8 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
             )
         variables = entry["variables"]
         shell_path = variables.get("PATH", "")
-    env = kernel_environment(variables, os.environ, target.venv)
+        model = entry["shell"]
+    env = kernel_environment(variables, os.environ, target.venv, model)
     try:
         python = find_python(target, env, shell_path)
         result = _run([python, "-c", "import ipykernel"], env=env)

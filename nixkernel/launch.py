@@ -171,7 +171,13 @@ def plan_cached(
     cwd = os.getcwd()
     env = environment.kernel_environment(shell_vars, server_env, target.venv, model, cwd)
     if model is not None:
-        env.update(environment.temporary_directory(model, server_env))
+        try:
+            env.update(environment.temporary_directory(model, server_env))
+        except OSError as exc:
+            raise NixKernelError(
+                f"Cannot create the shell's temporary directory: {exc}.",
+                hint="Set TMPDIR (in the Jupyter server's environment) to a writable directory.",
+            ) from exc
     # Only the shell's own PATH entries: never the server's python3 (see find_python).
     python = find_python(target, env, shell_vars.get("PATH", "") if source is not None else None)
     env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable

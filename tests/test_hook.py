@@ -111,3 +111,19 @@ def test_hook_runs_in_the_project_root_and_the_kernel_in_the_notebook_folder(
     assert info["HOOK_RAN_IN"] == str(project)
     assert info["cwd"] == str(notebooks)
     assert info["PWD"] == str(notebooks)
+
+
+def test_a_temporary_directory_that_cannot_be_made_is_explained(
+    nix, projects, manager_factory, kernel_runner, monkeypatch, tmp_path
+):
+    """Each start makes the shell's temporary directory in the server's TMPDIR (as
+    `nix develop`'s `mktemp -d` does): when it cannot, the fallback kernel says why and how to
+    fix it."""
+    project = write_flake(projects / "tmpless", {"default": {"packages": [PYTHON]}})
+    manager = manager_factory(project_dirs=[str(projects)])
+    name = only_kernel(manager, "flake")
+    assert not kernel_runner(manager, name, "1", cwd=project).errors  # evaluated and cached
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
+    run = kernel_runner(manager, name, "1", cwd=project)
+    assert "Cannot create the shell's temporary directory" in run.error_text
+    assert "TMPDIR" in run.error_text
