@@ -238,8 +238,14 @@ def plan_direct(
         python = shlex.quote(venv_python(target.venv))
         script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
     else:
-        script = _direct_shell_python_script(target, connection)
+        script = _direct_shell_python_script(connection)
         env["NIXKERNEL_SERVER_PATH"] = server_env.get("PATH", "")
+        env["NIXKERNEL_NO_PYTHON"] = (
+            f"There is no Python in {target.project}'s environment: no python3 on the shell's "
+            "PATH, so there is no Python kernel to start (the Jupyter server's own Python is not "
+            f"the shell's).\n\nHow to fix it: {interpreter.NO_PYTHON_HINT}, then restart the "
+            "kernel."
+        )
     if target.venv:
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
@@ -268,24 +274,19 @@ def plan_direct(
     return Launch(nix_shell, argv, env, cwd=target.project)
 
 
-def _direct_shell_python_script(target: KernelTarget, connection: str) -> str:
+def _direct_shell_python_script(connection: str) -> str:
     """Bash that execs the python3 on the shell's own PATH entries: ``nix develop`` and
     ``nix-shell`` append the server's PATH (``$NIXKERNEL_SERVER_PATH``), whose python3 is not the
-    shell's. Without one, the fallback kernel says so."""
+    shell's. Without one, the fallback kernel says so (``$NIXKERNEL_NO_PYTHON``)."""
     import shlex
 
-    message = (
-        f"There is no Python in {target.project}'s environment: no python3 on the shell's PATH, "
-        "so there is no Python kernel to start (the Jupyter server's own Python is not the "
-        f"shell's).\n\nHow to fix it: {interpreter.NO_PYTHON_HINT}, then restart the kernel."
-    )
-    fallback_argv = " ".join(shlex.quote(a) for a in (FALLBACK_SCRIPT, "--message", message))
     return (
         'shell_path=${PATH%"$NIXKERNEL_SERVER_PATH"}; shell_path=${shell_path%:}; '
         "unset NIXKERNEL_SERVER_PATH; "
-        'if p=$(PATH="$shell_path" command -v python3); then '
+        'if p=$(PATH="$shell_path" command -v python3); then unset NIXKERNEL_NO_PYTHON; '
         f'exec "$p" {shlex.quote(BOOT_SCRIPT)} -f {connection}; fi; '
-        f'exec "$NIXKERNEL_FALLBACK_PYTHON" -E {fallback_argv} -f {connection}'
+        f'exec "$NIXKERNEL_FALLBACK_PYTHON" -E {shlex.quote(FALLBACK_SCRIPT)} '
+        f'--message "$NIXKERNEL_NO_PYTHON" -f {connection}'
     )
 
 
