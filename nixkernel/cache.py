@@ -142,9 +142,8 @@ class EnvironmentCache:
 
     # -- layout -----------------------------------------------------------------------------
 
-    def slot(self, source: NixSource, system: str | None = None) -> str:
-        system = system or current_system()
-        ident = json.dumps([source.kind, source.location, source.attr, system])
+    def slot(self, source: NixSource) -> str:
+        ident = json.dumps([source.kind, source.location, source.attr, current_system()])
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         base = os.path.basename((source.local_dir or source.location).rstrip("/")) or "root"
         return os.path.join(self.root, "envs", f"{slugify(base)}-{digest}")
@@ -267,7 +266,7 @@ class EnvironmentCache:
             "rc": environment.rc_script(dev_env.data) if hook.strip() else "",
         }
         self.store(slot, entry)
-        _drop_old_generations(slot, profile_target)
+        _drop_old_generations(slot)
         return entry
 
     def ensure(
@@ -392,7 +391,7 @@ def _profile_target(slot: str) -> str | None:
         return None
 
 
-def _drop_old_generations(slot: str, keep: str | None) -> None:
+def _drop_old_generations(slot: str) -> None:
     """Remove GC roots of older evaluations: only the current environment stays protected."""
     current = (
         os.readlink(os.path.join(slot, PROFILE))
