@@ -16,12 +16,10 @@ example configuration from the traits' help.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import sys
-import tempfile
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from jupyter_server.config_manager import recursive_update
 from jupyter_server.extension.config import ExtensionConfigManager
 from jupyter_server.extension.serverextension import _get_config_dir
 
+from .cache import write_json_atomically
 from .extension import MANAGER_CLASS
 
 EXTENSION = "nixkernel"
@@ -80,36 +79,18 @@ def read_json_config(path: str) -> dict[str, Any]:
     return data
 
 
-def write_json_atomically(path: str, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never half."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".nixkernel-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def set_enabled(enabled: bool, sys_prefix: bool = False) -> str:
     """Turn the server extension on or off for this user (or this environment), keeping every
     other setting of that ``jupyter_server_config.json``. Returns the file written."""
     path = config_file(config_dir(sys_prefix))
     data = read_json_config(path)
     recursive_update(data, {"ServerApp": {"jpserver_extensions": {EXTENSION: bool(enabled)}}})
-    write_json_atomically(path, data)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o777  # the user's own choice of permissions stays
+    except FileNotFoundError:
+        mode = 0o644
+    write_json_atomically(path, data, indent=2, mode=mode)
     return path
 
 
