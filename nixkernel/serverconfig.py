@@ -30,7 +30,7 @@ from jupyter_server.extension.config import ExtensionConfigManager
 from jupyter_server.extension.serverextension import _get_config_dir
 
 from .cache import write_json_atomically
-from .extension import MANAGER_CLASS
+from .extension import MANAGER_CLASS, manager_choice
 
 EXTENSION = "nixkernel"
 CONFIG_SECTION = "jupyter_server_config"
@@ -170,25 +170,6 @@ def extension_enabled(config: Mapping[str, Any], config_paths: list[str]) -> tup
     )
 
 
-def _class_name(value: object) -> str:
-    if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
-    return str(value or "")
-
-
-def _is_nix_manager(name: str) -> bool:
-    """Whether the dotted class name is NixKernelSpecManager or a subclass of it."""
-    from traitlets.utils.importstring import import_item
-
-    from .kernelspec import NixKernelSpecManager
-
-    try:
-        cls = import_item(name)
-    except Exception:  # an unimportable name is the user's (broken) choice, not ours
-        return name == MANAGER_CLASS
-    return isinstance(cls, type) and issubclass(cls, NixKernelSpecManager)
-
-
 def server_status(
     config: Mapping[str, Any],
     config_paths: list[str],
@@ -199,8 +180,19 @@ def server_status(
     environ = os.environ if environ is None else environ
     enabled, decided_by = extension_enabled(config, config_paths)
     conflicts = []
-    configured = _class_name(config.get("ServerApp", {}).get("kernel_spec_manager_class"))
-    if configured and not _is_nix_manager(configured):
+    # The extension decides with the same function when the server starts.
+    choice = manager_choice(
+        config.get("ServerApp", {}).get("kernel_spec_manager_class"), config, environ
+    )
+    configured = choice.configured
+    if configured is not None and choice.import_error:
+        manager = configured
+        conflicts.append(
+            f"c.ServerApp.kernel_spec_manager_class is set to {configured}, which cannot be "
+            f"imported ({choice.import_error}), so the server will not start. Fix: correct the "
+            f"class name, or remove the setting (nixkernel then selects {MANAGER_CLASS!r})."
+        )
+    elif configured is not None and not choice.nix:
         manager = configured
         conflicts.append(
             f"c.ServerApp.kernel_spec_manager_class is set to {configured}, so the server uses "
@@ -216,11 +208,11 @@ def server_status(
             f"The nixkernel server extension is disabled ({decided_by}). Fix: "
             "`jupyter nixkernel enable` (or `--sys-prefix` for this environment)."
         )
-    gateway = config.get("GatewayClient", {}).get("url") or environ.get("JUPYTER_GATEWAY_URL")
-    if gateway and not configured:
+    if choice.gateway and not configured:
         conflicts.append(
-            f"A kernel gateway is configured ({gateway}): kernels run on the gateway, not here, "
-            "so nixkernel's kernels are off. Fix: unset GatewayClient.url / JUPYTER_GATEWAY_URL."
+            f"A kernel gateway is configured ({choice.gateway}): kernels run on the gateway, not "
+            "here, so nixkernel's kernels are off. Fix: unset GatewayClient.url / "
+            "JUPYTER_GATEWAY_URL."
         )
     if not nix_found:
         conflicts.append(
