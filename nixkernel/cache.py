@@ -149,9 +149,8 @@ class EnvironmentCache:
 
     # -- layout -----------------------------------------------------------------------------
 
-    def slot(self, source: NixSource, system: str | None = None) -> str:
-        system = system or current_system()
-        ident = json.dumps([source.kind, source.location, source.attr, system])
+    def slot(self, source: NixSource) -> str:
+        ident = json.dumps([source.kind, source.location, source.attr, current_system()])
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         base = os.path.basename((source.local_dir or source.location).rstrip("/")) or "root"
         return os.path.join(self.root, "envs", f"{slugify(base)}-{digest}")
@@ -237,20 +236,8 @@ class EnvironmentCache:
 
     def store(self, slot: str, entry: dict) -> None:
         """Write ``entry`` atomically: a reader sees the old entry or the new one, never half."""
-        import tempfile  # writes happen on a miss only: keep the warm path's imports small
-
         self._make_private_dir(slot)
-        fd, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".tmp", dir=slot)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(slot, ENTRY_FILE))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_json_atomically(os.path.join(slot, ENTRY_FILE), entry)
 
     def evaluate(
         self,
@@ -298,7 +285,7 @@ class EnvironmentCache:
             "files": sorted(paths.values()) + ([rc] if rc else []),
         }
         self.store(slot, entry)
-        _drop_old_generations(slot, profile_target)
+        _drop_old_generations(slot)
         _drop_unused_files(slot, entry["files"])
         return entry
 
@@ -399,14 +386,42 @@ class EnvironmentCache:
         return None
 
     def store_flake_shells(self, project: str, names: list[str]) -> None:
-        import tempfile
-
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
-        fd, tmp = tempfile.mkstemp(prefix=".shells-", dir=os.path.dirname(path))
+        write_json_atomically(path, {"stamp": self._flake_stamp(project), "names": names})
+
+
+def write_json_atomically(
+    path: str, data: object, indent: int | None = None, mode: int | None = None
+) -> None:
+    """Replace ``path`` with ``data`` as JSON: a reader sees the old file or the new one, never
+    half of one, even after a crash (the data reaches the disk before the rename).
+
+    The temporary file (``.<name>-*.tmp``, in the same directory so the rename is atomic) is
+    removed if anything fails. It is created private (0600); ``mode`` sets other permissions.
+    Compact unless ``indent`` is given. The directory must exist.
+    """
+    import tempfile  # writes happen on a miss only: keep the warm path's imports small
+
+    directory, name = os.path.split(path)
+    stem = name.rsplit(".", 1)[0]
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}-", suffix=".tmp", dir=directory or ".")
+    try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"stamp": self._flake_stamp(project), "names": names}, f)
+            if indent is None:
+                json.dump(data, f, separators=(",", ":"))
+            else:
+                json.dump(data, f, indent=indent)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _prepare(
@@ -497,7 +512,7 @@ def _profile_target(slot: str) -> str | None:
         return None
 
 
-def _drop_old_generations(slot: str, keep: str | None) -> None:
+def _drop_old_generations(slot: str) -> None:
     """Remove GC roots of older evaluations: only the current environment stays protected."""
     current = (
         os.readlink(os.path.join(slot, PROFILE))

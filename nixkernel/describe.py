@@ -137,9 +137,9 @@ class KernelTarget(NamedTuple):
     problem: str | None = None
     """Why this environment cannot start as it is (shown in the listing and the fallback kernel)."""
 
-    def nix_source(self, system: str | None = None) -> NixSource | None:
+    def nix_source(self) -> NixSource | None:
         if self.kind == KIND_FLAKE:
-            return NixSource.flake_shell(self.project, self.shell or "default", system)
+            return NixSource.flake_shell(self.project, self.shell or "default")
         if self.kind == KIND_SHELL_NIX:
             return NixSource("file", os.path.join(self.project, "shell.nix"))
         return None

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from .describe import NixSource
@@ -37,17 +37,64 @@ def _class_name(value: object) -> str:
 
 
 def _is_nix_manager(value: object) -> bool:
-    """Whether ``value`` (a class or a dotted name) is NixKernelSpecManager or a subclass."""
-    from traitlets.utils.importstring import import_item
+    """Whether ``value`` (a class or a dotted name) is NixKernelSpecManager or a subclass.
 
-    from .kernelspec import NixKernelSpecManager
-
+    Decided by name, without importing nixkernel's manager: the answer must not depend on
+    whether jupyter_client imports here. An unimportable name is not ours (see
+    :func:`manager_choice`)."""
     if isinstance(value, str):
-        try:
-            value = import_item(value)
-        except Exception:  # an unimportable name is the user's (broken) choice, not ours
-            return False
-    return isinstance(value, type) and issubclass(value, NixKernelSpecManager)
+        if value == MANAGER_CLASS:
+            return True
+        from traitlets.utils.importstring import import_item
+
+        value = import_item(value)  # ImportError etc. for the caller to report
+    return isinstance(value, type) and any(_class_name(c) == MANAGER_CLASS for c in value.__mro__)
+
+
+class ManagerChoice(NamedTuple):
+    """What the user's settings say about the server's kernelspec manager: the one decision
+    behind both the extension (which selects nixkernel's manager, or not) and
+    ``jupyter nixkernel status`` (which reports it)."""
+
+    configured: str | None
+    """The class set in ServerApp.kernel_spec_manager_class, if any."""
+    nix: bool = False
+    """That class is NixKernelSpecManager or a subclass of it."""
+    import_error: str | None = None
+    """Why that class cannot be imported: the server refuses to start with it."""
+    gateway: str | None = None
+    """The kernel gateway in use (it decides the manager when no class is set)."""
+
+    @property
+    def other(self) -> str | None:
+        """Why nixkernel's manager will not be used (the user's own choice), or None."""
+        if self.configured is not None and not self.nix:
+            setting = f"ServerApp.kernel_spec_manager_class is set to {self.configured}"
+            if self.import_error:
+                return f"{setting}, which cannot be imported ({self.import_error})"
+            return setting
+        if self.configured is None and self.gateway:
+            return f"a kernel gateway is configured (GatewayClient.url = {self.gateway})"
+        return None
+
+
+def manager_choice(
+    configured: object | None, config: Mapping[str, Any], environ: Mapping[str, str]
+) -> ManagerChoice:
+    """The decision for a configured manager class (None: not set), the loaded ``config``
+    (for ``GatewayClient.url``) and ``environ`` (for ``JUPYTER_GATEWAY_URL``).
+
+    A class that cannot be imported is the user's (broken) choice, never replaced by
+    nixkernel's: the server itself refuses it at start-up, with its own error."""
+    gateway = config.get("GatewayClient", {}).get("url") or environ.get("JUPYTER_GATEWAY_URL")
+    if configured is None or configured == "":
+        return ManagerChoice(None, gateway=gateway or None)
+    name = _class_name(configured)
+    try:
+        nix = _is_nix_manager(configured)
+    except Exception as exc:  # any failure to import it: the server would fail the same way
+        return ManagerChoice(name, import_error=f"{type(exc).__name__}: {exc}")
+    return ManagerChoice(name, nix, gateway=gateway or None)
 
 
 def configured_manager_class(serverapp: Any) -> object | None:
@@ -69,18 +116,12 @@ def gateway_url(serverapp: Any) -> str | None:
     """The kernel gateway in use (``--gateway-url``, ``c.GatewayClient.url`` or
     ``$JUPYTER_GATEWAY_URL``), or None. Read from config: instantiating the GatewayClient
     singleton here would create it before the server passes it its parent."""
-    url = serverapp.config.get("GatewayClient", {}).get("url")
-    return url or os.environ.get("JUPYTER_GATEWAY_URL") or None
+    return manager_choice(None, serverapp.config, os.environ).gateway
 
 
 def user_chose_other_manager(serverapp: Any) -> str | None:
     """Why not to install nixkernel's manager (the user's own choice), or None."""
-    configured = configured_manager_class(serverapp)
-    if configured is not None and not _is_nix_manager(configured):
-        return f"ServerApp.kernel_spec_manager_class is set to {_class_name(configured)}"
-    if configured is None and gateway_url(serverapp):
-        return f"a kernel gateway is configured (GatewayClient.url = {gateway_url(serverapp)})"
-    return None
+    return manager_choice(configured_manager_class(serverapp), serverapp.config, os.environ).other
 
 
 def _link_jupyter_server_extension(serverapp: Any) -> None:

@@ -237,7 +237,7 @@ class NixKernelSpecManager(KernelSpecManager):
         """A get_all_specs() entry. Under a server it is also the REST model itself (``name``,
         ``spec``, ``resources``): jupyter_server then uses it as is, instead of building each
         model on a worker thread with a glob of the resource directory (a thread hop and a glob
-        per kernel, ~0.3 ms each: a third of a second on every poll of 1,000 kernels). The
+        per kernel: see "Warm /api/kernelspecs" in docs/benchmarks.md). The
         model has no ``resource_dir``, as a gateway's have none: it would only send a server
         path to every client, in every poll."""
         spec = self.spec_dict(target)

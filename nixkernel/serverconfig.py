@@ -16,12 +16,10 @@ example configuration from the traits' help.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import sys
-import tempfile
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,7 +29,8 @@ from jupyter_server.config_manager import recursive_update
 from jupyter_server.extension.config import ExtensionConfigManager
 from jupyter_server.extension.serverextension import _get_config_dir
 
-from .extension import MANAGER_CLASS
+from .cache import write_json_atomically
+from .extension import MANAGER_CLASS, manager_choice
 
 EXTENSION = "nixkernel"
 CONFIG_SECTION = "jupyter_server_config"
@@ -80,36 +79,18 @@ def read_json_config(path: str) -> dict[str, Any]:
     return data
 
 
-def write_json_atomically(path: str, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never half."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    try:
-        mode = os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".nixkernel-", suffix=".json.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def set_enabled(enabled: bool, sys_prefix: bool = False) -> str:
     """Turn the server extension on or off for this user (or this environment), keeping every
     other setting of that ``jupyter_server_config.json``. Returns the file written."""
     path = config_file(config_dir(sys_prefix))
     data = read_json_config(path)
     recursive_update(data, {"ServerApp": {"jpserver_extensions": {EXTENSION: bool(enabled)}}})
-    write_json_atomically(path, data)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        mode = os.stat(path).st_mode & 0o777  # the user's own choice of permissions stays
+    except FileNotFoundError:
+        mode = 0o644
+    write_json_atomically(path, data, indent=2, mode=mode)
     return path
 
 
@@ -189,25 +170,6 @@ def extension_enabled(config: Mapping[str, Any], config_paths: list[str]) -> tup
     )
 
 
-def _class_name(value: object) -> str:
-    if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
-    return str(value or "")
-
-
-def _is_nix_manager(name: str) -> bool:
-    """Whether the dotted class name is NixKernelSpecManager or a subclass of it."""
-    from traitlets.utils.importstring import import_item
-
-    from .kernelspec import NixKernelSpecManager
-
-    try:
-        cls = import_item(name)
-    except Exception:  # an unimportable name is the user's (broken) choice, not ours
-        return name == MANAGER_CLASS
-    return isinstance(cls, type) and issubclass(cls, NixKernelSpecManager)
-
-
 def server_status(
     config: Mapping[str, Any],
     config_paths: list[str],
@@ -218,8 +180,19 @@ def server_status(
     environ = os.environ if environ is None else environ
     enabled, decided_by = extension_enabled(config, config_paths)
     conflicts = []
-    configured = _class_name(config.get("ServerApp", {}).get("kernel_spec_manager_class"))
-    if configured and not _is_nix_manager(configured):
+    # The extension decides with the same function when the server starts.
+    choice = manager_choice(
+        config.get("ServerApp", {}).get("kernel_spec_manager_class"), config, environ
+    )
+    configured = choice.configured
+    if configured is not None and choice.import_error:
+        manager = configured
+        conflicts.append(
+            f"c.ServerApp.kernel_spec_manager_class is set to {configured}, which cannot be "
+            f"imported ({choice.import_error}), so the server will not start. Fix: correct the "
+            f"class name, or remove the setting (nixkernel then selects {MANAGER_CLASS!r})."
+        )
+    elif configured is not None and not choice.nix:
         manager = configured
         conflicts.append(
             f"c.ServerApp.kernel_spec_manager_class is set to {configured}, so the server uses "
@@ -235,11 +208,11 @@ def server_status(
             f"The nixkernel server extension is disabled ({decided_by}). Fix: "
             "`jupyter nixkernel enable` (or `--sys-prefix` for this environment)."
         )
-    gateway = config.get("GatewayClient", {}).get("url") or environ.get("JUPYTER_GATEWAY_URL")
-    if gateway and not configured:
+    if choice.gateway and not configured:
         conflicts.append(
-            f"A kernel gateway is configured ({gateway}): kernels run on the gateway, not here, "
-            "so nixkernel's kernels are off. Fix: unset GatewayClient.url / JUPYTER_GATEWAY_URL."
+            f"A kernel gateway is configured ({choice.gateway}): kernels run on the gateway, not "
+            "here, so nixkernel's kernels are off. Fix: unset GatewayClient.url / "
+            "JUPYTER_GATEWAY_URL."
         )
     if not nix_found:
         conflicts.append(

@@ -26,7 +26,7 @@ from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
 
 import nixkernel
 from nixkernel import launch
-from nixkernel.cache import ENTRY_FILE, NONE, EnvironmentCache
+from nixkernel.cache import ENTRY_FILE, NONE, EnvironmentCache, write_json_atomically
 
 KERNEL_NAME = re.compile(r"^[a-z0-9._-]+$")
 GREETING = "import os; print(os.environ.get('GREETING'))"
@@ -478,3 +478,26 @@ def test_tampered_cache_entries_are_a_miss_not_a_crash(
         assert launched.env["GREETING"] == DEFAULT_SHELL["GREETING"], what
         assert counting_nix.evaluations() == evaluations, what
         assert EnvironmentCache(manager.cache_dir).load(str(slot)) is not None, what
+
+
+def test_json_writes_are_atomic_durable_and_leave_no_temporary_file(tmp_path, monkeypatch):
+    target = tmp_path / "data.json"
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("replace") or real_replace(a, b))
+    write_json_atomically(str(target), {"a": 1}, indent=2, mode=0o644)
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert events == ["fsync", "replace"]  # on disk before it is visible under its name
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+    with pytest.raises(TypeError):
+        write_json_atomically(str(target), {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1}  # the old content, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]
+
+    # The flake shell names went through a writer of their own without clean-up (.shells-*).
+    cache = EnvironmentCache(str(tmp_path / "cache"))
+    with pytest.raises(TypeError):
+        cache.store_flake_shells(str(tmp_path), [object()])  # type: ignore[list-item]
+    assert list((tmp_path / "cache" / "flake-shells").iterdir()) == []

@@ -10,12 +10,14 @@ import json
 import logging
 import shutil
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -25,9 +27,10 @@ from jupyter_server.serverapp import ServerApp
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
 from traitlets.config import Config
 
-from nixkernel import extension
+from nixkernel import extension, serverconfig
 from nixkernel.cache import FRESH
 from nixkernel.describe import PROJECT_KERNEL_NAME
+from nixkernel.extension import MANAGER_CLASS
 from nixkernel.kernelspec import RESOURCES, NixKernelSpecManager
 
 REPO = Path(__file__).resolve().parent.parent
@@ -416,6 +419,63 @@ def test_link_leaves_a_gateway_alone(monkeypatch):
     app, lines = linked()
     assert not app.trait_has_value("kernel_spec_manager_class")
     assert "kernel gateway" in lines[0]
+
+
+CASES = {
+    "not set": None,
+    "nixkernel's": MANAGER_CLASS,
+    "a subclass": f"{__name__}.MyNixManager",
+    "another": OTHER_MANAGER,
+    "unimportable": "no_such_module.Manager",
+}
+
+
+def linked_server(configured: object | None) -> SimpleNamespace:
+    """Just what the extension's link reads from a ServerApp: a real one refuses an unimportable
+    class in its config before any extension runs."""
+    # The extension runs only when enabled: `status` sees the same switch.
+    server_config: dict = {"jpserver_extensions": {"nixkernel": True}}
+    if configured is not None:
+        server_config["kernel_spec_manager_class"] = configured
+    config = Config({"ServerApp": server_config})
+    lines: list[str] = []
+    log = SimpleNamespace(info=lambda msg, *args: lines.append(msg % args))
+    return SimpleNamespace(trait_has_value=lambda name: False, config=config, log=log, lines=lines)
+
+
+@pytest.mark.parametrize("gateway", [None, "http://gateway.example:8888"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_extension_and_status_make_the_same_decision(case, gateway, monkeypatch):
+    """The extension (at server start) and `status` (on the command line) ask one function
+    whether the user chose another manager or a gateway, so they cannot disagree."""
+    configured = CASES[case]
+    environ = {"JUPYTER_GATEWAY_URL": gateway} if gateway else {}
+    monkeypatch.delenv("JUPYTER_GATEWAY_URL", raising=False)
+    if gateway:
+        monkeypatch.setenv("JUPYTER_GATEWAY_URL", gateway)
+    server = linked_server(configured)
+    extension._link_jupyter_server_extension(server)
+    status = serverconfig.server_status(server.config, [], True, environ)
+
+    leaves_it = bool(server.lines)
+    assert leaves_it == (not status.active), (server.lines, status)
+    expected_other = case in ("another", "unimportable") or (case == "not set" and gateway)
+    assert leaves_it == bool(expected_other)
+    if case == "unimportable":
+        assert "cannot be imported" in server.lines[0]
+        assert any("will not start" in c for c in status.conflicts), status.conflicts
+
+
+def test_the_decision_needs_no_import_of_nixkernels_manager(monkeypatch):
+    """When nixkernel's manager cannot be imported (a broken jupyter_client, say), its own name
+    is still recognised: `status` does not crash, and the extension does not call it another
+    manager."""
+    monkeypatch.setitem(sys.modules, "nixkernel.kernelspec", None)  # import now fails
+    choice = extension.manager_choice(MANAGER_CLASS, {}, {})
+    assert choice.nix and choice.other is None
+    config = {"ServerApp": {"kernel_spec_manager_class": MANAGER_CLASS}}
+    status = serverconfig.server_status(config, [], True, {})
+    assert status.manager_class == MANAGER_CLASS and status.active, status.conflicts
 
 
 # -- (f) new projects without a restart -----------------------------------------------------------
