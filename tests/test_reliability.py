@@ -14,6 +14,7 @@ import re
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,55 +49,88 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -
 
 
 class Gate:
-    """A Nix expression whose *evaluation* waits until the test opens the gate.
+    """A Nix expression whose *evaluation* waits until the test lets it go on.
 
-    Evaluating it reads a FIFO (``builtins.readFile``) unless the ``open`` file exists, so Nix
-    waits inside the evaluation, in the launcher's own nix process: the window the cache's lock
-    must serialise. (A gated *build* is no good: builders run as nixbld users, and Nix kills a
-    build user's processes when it hands the user to a build, which made such tests flaky.)
+    Evaluating it reads two FIFOs (``builtins.readFile``) unless the ``open`` file exists, so
+    Nix waits inside the evaluation, in the launcher's own nix process: the window the cache's
+    lock must serialise. (A gated *build* is no good: builders run as nixbld users, and Nix kills
+    a build user's processes when it hands the user to a build, which made such tests flaky.)
+
+    Nix only blocks in ``open()``: a FIFO's ``open`` for reading waits for a writer. What comes
+    after differs by version: Nix 2.8 reads until EOF (until every writer closed), but since
+    2.19 ``PosixSourceAccessor::readFile`` (src/libutil/posix-source-accessor.cc; checked on
+    2.26 and 2.34) reads the ``st_size`` bytes ``fstat`` reports, 0 for a FIFO, so it returns as
+    soon as a writer opens. A gate that held a writer open while it waited would let 2.26/2.34
+    through at once. So each FIFO is passed by a writer that opens and closes at once (EOF for
+    2.8, nothing to read for 2.19+): ``started`` tells the test that an evaluation arrived (the
+    writer's non-blocking open succeeds only when a reader is there), ``held`` is where it then
+    waits, with no writer, until released.
     """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.open_file = directory / "open"
-        self.fifo = directory / "fifo"
-        os.mkfifo(self.fifo)
-        self._writer: int | None = None
+        self.started = directory / "started"
+        self.held = directory / "held"
+        os.mkfifo(self.started)
+        os.mkfifo(self.held)
+        self._waiting = 0
+        self._releasers: list[threading.Thread] = []
 
     def value(self) -> Raw:
-        opened, fifo = json.dumps(str(self.open_file)), json.dumps(str(self.fifo))
-        return Raw(f'(if builtins.pathExists {opened} then "open" else builtins.readFile {fifo})')
+        opened = json.dumps(str(self.open_file))
+        started, held = json.dumps(str(self.started)), json.dumps(str(self.held))
+        return Raw(
+            f'(if builtins.pathExists {opened} then "open" else '
+            f"builtins.seq (builtins.readFile {started}) (builtins.readFile {held}))"
+        )
 
-    def _writer_if_read(self) -> int | None:
+    @staticmethod
+    def _writer_if_read(fifo: Path) -> int | None:
         try:
-            return os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # nobody is reading yet
                 return None
             raise
 
     def wait_started(self) -> None:
-        """Return once an evaluation waits at the gate. Holding the FIFO's write end open keeps
-        it waiting (a reader only sees EOF once every writer has closed)."""
-        self._writer = wait_for(self._writer_if_read, "an evaluation to reach the gate")
+        """Return once an evaluation has reached the gate; it then waits at ``held``."""
+        os.close(wait_for(lambda: self._writer_if_read(self.started), "an evaluation at the gate"))
+        self._waiting += 1
 
     def release_waiting(self) -> None:
-        """Let an evaluation waiting at the gate go on (it reads EOF)."""
-        if self._writer is not None:
-            os.close(self._writer)
-            self._writer = None
+        """Let each evaluation that reached the gate go on, once it waits at ``held`` (a writer's
+        blocking open returns when the reader is there; closing it gives EOF or nothing)."""
+        for _ in range(self._waiting):
+            thread = threading.Thread(
+                target=lambda: os.close(os.open(self.held, os.O_WRONLY)), daemon=True
+            )
+            thread.start()
+            self._releasers.append(thread)
+        self._waiting = 0
 
     def open(self) -> None:
-        """Let the waiting evaluation and every later one through."""
+        """Let the waiting evaluations and every later one through."""
         self.open_file.touch()
         self.release_waiting()
+
+    def close(self) -> None:
+        """Never leave an evaluation, or a releaser whose evaluation was killed, waiting."""
+        self.open()
+        for thread in self._releasers:
+            while thread.is_alive():
+                # A reader of our own completes a releaser's open (its evaluation is gone).
+                fd = os.open(self.held, os.O_RDONLY | os.O_NONBLOCK)
+                thread.join(timeout=1)
+                os.close(fd)
 
 
 @pytest.fixture
 def gate(nix: str, tmp_path: Path) -> Iterator[Gate]:
     g = Gate(tmp_path / "gate")
     yield g
-    g.open()  # never leave an evaluation waiting
+    g.close()
 
 
 def gated_shell(directory: Path, gate: Gate, greeting: str = "gated") -> Path:
