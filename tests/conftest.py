@@ -162,7 +162,8 @@ class CountingNix:
     log: Path
 
     def calls(self) -> list[str]:
-        return self.log.read_text().splitlines() if self.log.exists() else []
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [line.rstrip() for line in lines]
 
     def evaluations(self) -> int:
         return sum(1 for c in self.calls() if " print-dev-env " in f" {c} ")
