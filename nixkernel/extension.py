@@ -147,7 +147,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         return
     manager.start_background_refresh()
     serverapp.log.info("nixkernel: looking for projects under %s", ", ".join(manager.project_dirs))
-    start_report(manager, serverapp.log)
+    # Its own logger under the server's (shown as "ServerApp.nixkernel"): the report comes from a
+    # background thread, after the start-up lines, and can be filtered on its own.
+    log = serverapp.log
+    start_report(manager, log.getChild("nixkernel") if hasattr(log, "getChild") else log)
     if manager.warm_on_start:
         start_warming(manager)
 
