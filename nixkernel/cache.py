@@ -40,6 +40,11 @@ ENTRY_FILE = "entry.json"
 PROFILE = "profile"
 
 FRESH, STALE, NONE = "fresh", "stale", "none"
+#: The entry field listing the kernels the environment carries (written by nixkernel/kernels.py),
+#: and the small file beside the entry holding a copy for listings: a real shell's entry is tens
+#: of KB (its rc script), too much to parse for each of a thousand projects in every scan.
+KERNELS_FIELD = "kernels"
+KERNELS_FILE = "kernels.json"
 
 #: Files that are inputs of every project even before they exist: creating one invalidates.
 FIXED_INPUTS = ("flake.nix", "flake.lock", "shell.nix", "default.nix")
@@ -236,6 +241,11 @@ class EnvironmentCache:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        if KERNELS_FIELD in entry:
+            _write_kernels_file(slot, entry[KERNELS_FIELD])
+        else:  # the copy must never outlive what it copies
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(slot, KERNELS_FILE))
 
     def evaluate(
         self,
@@ -266,6 +276,7 @@ class EnvironmentCache:
             "variables": variables,
             "rc": environment.rc_script(dev_env.data) if hook.strip() else "",
         }
+        entry.update(_detect_kernels(source, variables))
         self.store(slot, entry)
         _drop_old_generations(slot, profile_target)
         return entry
@@ -284,7 +295,7 @@ class EnvironmentCache:
         nix_path = _nix_or_none(nix_executable)
         entry = self.load(slot)
         if self.state(entry, source, nix_path) == FRESH:
-            return Resolved(entry, FRESH)  # type: ignore[arg-type]
+            return Resolved(self.with_kernels(slot, source, entry), FRESH)  # type: ignore[arg-type]
         with self.lock(slot):
             # Another launcher may have evaluated while we waited for the lock.
             entry = self.load(slot)
@@ -302,6 +313,19 @@ class EnvironmentCache:
                 if state == STALE and allow_stale and entry is not None:
                     return Resolved(entry, STALE, warning=_stale_warning(source, entry, exc))
                 raise
+
+    def with_kernels(self, slot: str, source: NixSource, entry: dict) -> dict:
+        """``entry``, with the kernels its environment carries (nixkernel/kernels.py) added and
+        stored if it was written before nixkernel looked for them: found once, without
+        evaluating again."""
+        if KERNELS_FIELD in entry:
+            return entry
+        with self.lock(slot):
+            entry = self.load(slot) or entry  # another launcher may have done it meanwhile
+            if KERNELS_FIELD not in entry:
+                entry.update(_detect_kernels(source, entry["variables"]))
+                self.store(slot, entry)
+        return entry
 
     def ensure_all(
         self,
@@ -375,6 +399,30 @@ class EnvironmentCache:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"stamp": self._flake_stamp(project), "names": names}, f)
         os.replace(tmp, path)
+
+
+def _write_kernels_file(slot: str, kernels: object) -> None:
+    """``<slot>/kernels.json``, atomically (its temporary name is one old-generation cleanup
+    removes if a writer dies)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".entry-kernels-", suffix=".tmp", dir=slot)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(kernels, f, separators=(",", ":"))
+        os.replace(tmp, os.path.join(slot, KERNELS_FILE))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _detect_kernels(source: NixSource, variables: Mapping[str, str]) -> dict:
+    """The entry's ``kernels`` field (R, Julia... that the environment carries), found in the
+    project's directory, as a kernel would start there."""
+    from . import kernels  # on an evaluation only: the warm path never imports it
+
+    return {KERNELS_FIELD: kernels.detect(variables, cwd=source.local_dir)}
 
 
 def _nix_or_none(nix_executable: str | None) -> str | None:
