@@ -32,11 +32,11 @@ from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Instance, Int, List, Unicode
 
-from . import __version__, doctor, nix, serverconfig
+from . import __version__, doctor, kernels, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
 from .describe import KernelTarget, NixSource
 from .environment import kernel_environment
-from .kernelspec import RESOURCES, NixKernelSpecManager
+from .kernelspec import NixKernelSpecManager
 from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
@@ -193,6 +193,17 @@ jupyter nixkernel list --all
                 for r in rows
             ],
         )  # fmt: skip
+        unevaluated = sum(1 for r in rows if r["kind"] in NIX_KINDS and r["cache"] == NONE)
+        if unevaluated:
+            print(
+                f"\n{unevaluated} environment(s) not evaluated yet (CACHE none) are listed with "
+                "their Python kernel; the kernels of other languages a shell carries (R, Julia...) "
+                "appear once it is evaluated: `jupyter nixkernel warm --all`, or start its kernel."
+            )
+
+
+#: Kinds whose environment is a Nix shell: what kernels it carries is known once evaluated.
+NIX_KINDS = ("flake", "shell.nix")
 
 
 def native_rows(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -210,6 +221,8 @@ def native_rows(own: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "shell": None,
                 "project": None,
                 "venv": None,
+                "language": spec["spec"].get("language"),
+                "spec": None,
                 "cache": NONE,
                 "resource_dir": spec["resource_dir"],
             }
@@ -270,6 +283,8 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
         assert self.manager is not None
         spec = self.manager.kernel_spec_for(target).to_dict()
         info: dict[str, Any] = {**target.as_dict(), "problem": target.problem, "kernelspec": spec}
+        if target.kernel is not None:
+            info["found_in"] = target.kernel.origin
         source = self.source_of(target)
         info["source"] = source.describe() if source else None
         info["watched_inputs"] = watched_inputs(source) if source else []
@@ -295,6 +310,14 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 "gc_root_target": entry.get("profile") if entry else None,
                 "has_shell_hook": bool(entry and entry.get("rc")),
             }
+            shell = kernels.from_entry(entry)
+            if shell is not None:
+                info["carries"] = {
+                    "python3": shell.python3,
+                    "ipykernel": shell.ipykernel,
+                    "kernels": [k.name for k in shell.kernels],
+                    "notes": list(shell.notes),
+                }
         else:
             info["cache"] = {"state": NONE, "note": "no Nix environment to cache"}
         if self.show_env:
@@ -313,6 +336,15 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 if entry and info["cache"]["state"] == STALE:
                     info["env_note"] = "From the stale cache entry: `warm` updates it."
         return info
+
+
+def carried_kernels(entry: dict) -> str:
+    """``; kernels: Python, R`` for an entry whose shell carries kernels besides Python."""
+    shell = kernels.from_entry(entry)
+    if shell is None or not shell.kernels:
+        return ""
+    names = (["Python"] if shell.ipykernel else []) + [k.display_name for k in shell.kernels]
+    return "; kernels: " + ", ".join(names)
 
 
 def _when(timestamp: object) -> str | None:
@@ -336,6 +368,8 @@ def print_show(info: dict[str, Any]) -> None:
         ("Virtualenv", info["venv"] or "-"),
         ("Nix source", info["source"] or "-"),
     ]
+    if info.get("spec"):
+        rows.append(("Kernel", f"{info['spec']} ({info['language']}), found in {info['found_in']}"))
     if info.get("problem"):
         rows.append(("Problem", info["problem"]))
     for label, value in rows:
@@ -356,6 +390,13 @@ def print_show(info: dict[str, Any]) -> None:
         print(f"  GC root     {cache['gc_root']} -> {cache['gc_root_target']}")
     if cache.get("slot"):
         print(f"  slot        {cache['slot']}")
+    carries = info.get("carries")
+    if carries:
+        python = f"{carries['python3'] or '-'} ({'with' if carries['ipykernel'] else 'without'} "
+        found = ", ".join(carries["kernels"]) or "none"
+        print(f"The shell carries: python3 {python}ipykernel); kernels: {found}")
+        for note in carries["notes"]:
+            print(f"  note: {note}")
     if "env" in info:
         if info.get("env_note"):
             print(f"Environment:  {info['env_note']}")
@@ -460,7 +501,7 @@ jupyter nixkernel warm nix-api-flake-0123456789
                 what = (
                     f"evaluated in {result.seconds:.1f} s" if result.evaluated else "already cached"
                 )
-                say(f"[{done}/{len(jobs)}] {name} ... ok ({what})")
+                say(f"[{done}/{len(jobs)}] {name} ... ok ({what}{carried_kernels(result.entry)})")
         return failures
 
 
@@ -566,7 +607,11 @@ jupyter nixkernel install --all --prefix /opt/jupyter
         spec["metadata"]["nixkernel"]["installed_by"] = INSTALLED_BY
         with tempfile.TemporaryDirectory(prefix="nixkernel-spec-") as tmp:
             source_dir = os.path.join(tmp, target.name)
-            shutil.copytree(RESOURCES, source_dir)
+            os.mkdir(source_dir)
+            # The logos only (copyfile: a store directory's read-only modes must not follow).
+            resources = self.manager.resource_dir_for(target)
+            for logo in kernels.logos_in(resources):
+                shutil.copyfile(os.path.join(resources, logo), os.path.join(source_dir, logo))
             with open(os.path.join(source_dir, "kernel.json"), "w", encoding="utf-8") as f:
                 json.dump(spec, f, indent=2)
             # KernelSpecManager's own installer: validates the name, replaces an old copy.
