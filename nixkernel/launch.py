@@ -190,15 +190,22 @@ def shell_kernel_command(
 
     kernel = kernels.find(entry, args.spec)
     if kernel is None:
-        shell = kernels.from_entry(entry)
-        now = ", ".join(k.name for k in shell.kernels) if shell else ""
-        raise NixKernelError(
-            f"The environment of {target.project} does not carry the kernel {args.spec!r} "
-            f"(any more){f': its kernels now are {now}' if now else ''}.",
-            hint="Pick one of the project's kernels that `jupyter nixkernel list` shows now "
-            "(after `jupyter nixkernel warm` if its Nix files changed).",
-        )
+        raise missing_kernel(target, args.spec, entry)
     return kernels.command(kernel, env, args.connection_file, through_shell)
+
+
+def missing_kernel(target: KernelTarget, spec: str, entry: dict | None) -> NixKernelError:
+    """The error for a kernel the listing named but the environment does not carry now."""
+    from . import kernels
+
+    shell = kernels.from_entry(entry)
+    now = ", ".join(k.name for k in shell.kernels) if shell else ""
+    return NixKernelError(
+        f"The environment of {target.project} does not carry the kernel {spec!r} "
+        f"(any more){f': its kernels now are {now}' if now else ''}.",
+        hint="Pick one of the project's kernels that `jupyter nixkernel list` shows now "
+        "(after `jupyter nixkernel warm` if its Nix files changed).",
+    )
 
 
 def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
@@ -264,8 +271,7 @@ def direct_shell_kernel_script(
     _state, entry = EnvironmentCache(args.cache_dir).inspect(source, args.nix or None)
     kernel = kernels.find(entry, args.spec)
     if kernel is None:
-        shell_kernel_command(target, args, entry, {}, through_shell=True)  # raises why not
-        raise AssertionError("unreachable")
+        raise missing_kernel(target, args.spec, entry)
     namespace = {
         "connection_file": args.connection_file,
         "resource_dir": kernel.resource_dir,

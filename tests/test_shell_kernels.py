@@ -165,7 +165,7 @@ def test_kernelspec_shipped_beside_bin_on_path_is_offered_with_its_logos_and_env
     logos.mkdir(parents=True)
     (logos / "logo-64x64.png").write_bytes(b"\x89PNG\r\n\x1a\nshipped logo")
     spec = {
-        "argv": IRKERNEL_ARGV,
+        "argv": [*IRKERNEL_ARGV, "{resource_dir}", "{no_such_placeholder}"],
         "display_name": "R (shipped)",
         "language": "R",
         "env": {"FROM_SPEC": "spec over ${GREETING}", "GREETING": "overridden by the spec"},
@@ -187,7 +187,7 @@ def test_kernelspec_shipped_beside_bin_on_path_is_offered_with_its_logos_and_env
 
     code = (
         'cat(Sys.getenv("FROM_SPEC"), Sys.getenv("GREETING"), Sys.getenv("R_WRAPPED_BY"), '
-        'sep = "|")'
+        'commandArgs(TRUE)[2:3], sep = "|")'
     )
     run = kernel_runner(manager, target.name, code, cwd=project)
     assert not run.errors, run.error_text
@@ -195,14 +195,22 @@ def test_kernelspec_shipped_beside_bin_on_path_is_offered_with_its_logos_and_env
         "spec over hello from the R shell",
         "overridden by the spec",
         "the shell's R",
+        resource_dir,  # {resource_dir}: the spec's own directory
+        "{no_such_placeholder}",  # unknown placeholders stay, as jupyter_client leaves them
     ]
 
 
 def test_kernelspec_under_the_shells_xdg_data_dirs_is_found(
     nix, host_r, projects, manager_factory, tmp_path
 ):
-    """A kernelspec under a directory of the shell's own XDG_DATA_DIRS (a package not on PATH)."""
-    spec = {"argv": ["R", "--slave"], "display_name": "Data-dir R", "language": "R"}
+    """A kernelspec under a directory of the shell's own XDG_DATA_DIRS (a package not on PATH),
+    with its interrupt mode."""
+    spec = {
+        "argv": ["R", "--slave"],
+        "display_name": "Data-dir R",
+        "language": "R",
+        "interrupt_mode": "message",
+    }
     specs_only = with_kernelspecs(r_package(tmp_path / "wrap"), {"datadir": spec})
     shell = r_shell(tmp_path, XDG_DATA_DIRS=Raw(f'"${{{specs_only.expr}}}/share"'))
     write_flake(projects / "xdg", {"default": shell})
@@ -210,6 +218,7 @@ def test_kernelspec_under_the_shells_xdg_data_dirs_is_found(
     (target,) = evaluate(manager)
     assert target.kernel is not None and target.kernel.name == "datadir"
     assert target.kernel.origin.startswith("XDG_DATA_DIRS: /nix/store/")
+    assert manager.get_kernel_spec(target.name).interrupt_mode == "message"
 
 
 def test_host_r_and_the_system_ir_spec_are_not_a_shells_kernels(
