@@ -5,6 +5,8 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
     <root>/envs/<slug>-<hash>/
         entry.json          what the kernel needs to start: variables, the shellHook script,
                             and the key it was made under (inputs, system, Nix, NIX_PATH)
+        kernels.json        the kernels the environment carries (R, Julia...: kernels.py), a
+                            copy of entry.json's "kernels" that listings read
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
         lock                held while one launcher evaluates; the others wait and reuse
 
