@@ -80,6 +80,25 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 ## Type: Bool. Default: False.
 # c.NixKernelSpecManager.warm_on_start = True
 
+## Languages whose kernels are offered from each shell, case-insensitive (e.g. ["python", "R"]);
+## empty (the default): every language. Besides its Python kernel, an evaluated shell offers every
+## kernel it carries: kernelspecs in the share/jupyter/kernels of its packages (XDG_DATA_DIRS, and
+## beside each bin/ on its PATH), R with IRkernel, Julia with IJulia, evcxr for Rust. "python"
+## covers each shell's Python kernel.
+## Type: List. Default: [].
+# c.NixKernelSpecManager.offer_languages = ["python", "R"]
+
+## Languages whose kernels are never offered from shells, case-insensitive (e.g. ["julia"]).
+## "python" hides each shell's Python kernel ('Python (this project)' is project_kernel's).
+## Type: List. Default: [].
+# c.NixKernelSpecManager.hide_languages = ["julia"]
+
+## Names of kernelspecs found in shells that are not offered (e.g. ["ir"]; see the 'spec' of
+## `jupyter nixkernel list --json`). ipykernel's own spec (python3), which a Python with ipykernel
+## ships, is never offered apart: it is the shell's Python kernel.
+## Type: List. Default: [].
+# c.NixKernelSpecManager.hide_kernelspecs = ["ir"]
+
 ## Extra Nix flags per project: {directory or glob: [flags]}, e.g. {"~/work/devenv-app":
 ## ["--impure"], "~/work/*": ["--option", "allow-import-from-derivation", "false"]}. They are given
 ## to every evaluation of the matching project's environments (`nix print-dev-env`, and `nix

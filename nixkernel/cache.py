@@ -6,6 +6,8 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
         entry.json          what the kernel needs to start: variables, the rules of the Nix
                             that made them (nixkernel.devshell), and the key it was made under
                             (inputs, system, Nix, NIX_PATH)
+        kernels.json        the kernels the environment carries (R, Julia...: kernels.py), a
+                            copy of entry.json's "kernels" that listings read
         rc-<hash>.sh        the shellHook script (bash sources it: no argv size limit)
         attrs-<hash>.sh/.json, attr-<hash>   structured-attrs and passAsFile files
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
@@ -47,6 +49,11 @@ ENTRY_FILE = "entry.json"
 PROFILE = "profile"
 
 FRESH, STALE, NONE = "fresh", "stale", "none"
+#: The entry field listing the kernels the environment carries (written by nixkernel/kernels.py),
+#: and the small file beside the entry holding a copy for listings: a real shell's entry is tens
+#: of KB (its rc script), too much to parse for each of a thousand projects in every scan.
+KERNELS_FIELD = "kernels"
+KERNELS_FILE = "kernels.json"
 
 #: Files that are inputs of every project even before they exist: creating one invalidates.
 FIXED_INPUTS = ("flake.nix", "flake.lock", "shell.nix", "default.nix")
@@ -238,6 +245,11 @@ class EnvironmentCache:
         """Write ``entry`` atomically: a reader sees the old entry or the new one, never half."""
         self._make_private_dir(slot)
         write_json_atomically(os.path.join(slot, ENTRY_FILE), entry)
+        if KERNELS_FIELD in entry:
+            write_json_atomically(os.path.join(slot, KERNELS_FILE), entry[KERNELS_FIELD])
+        else:  # the copy must never outlive what it copies
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(slot, KERNELS_FILE))
 
     def evaluate(
         self,
@@ -284,6 +296,7 @@ class EnvironmentCache:
             "rc": rc,
             "files": sorted(paths.values()) + ([rc] if rc else []),
         }
+        entry.update(_detect_kernels(source, variables))
         self.store(slot, entry)
         _drop_old_generations(slot)
         _drop_unused_files(slot, entry["files"])
@@ -303,7 +316,7 @@ class EnvironmentCache:
         nix_path = _nix_or_none(nix_executable)
         entry = self.load(slot)
         if self.state(entry, source, nix_path) == FRESH:
-            return Resolved(entry, FRESH)  # type: ignore[arg-type]
+            return Resolved(self.with_kernels(slot, source, entry), FRESH)  # type: ignore[arg-type]
         with self.lock(slot):
             # Another launcher may have evaluated while we waited for the lock.
             entry = self.load(slot)
@@ -321,6 +334,19 @@ class EnvironmentCache:
                 if state == STALE and allow_stale and entry is not None:
                     return Resolved(entry, STALE, warning=_stale_warning(source, entry, exc))
                 raise
+
+    def with_kernels(self, slot: str, source: NixSource, entry: dict) -> dict:
+        """``entry``, with the kernels its environment carries (nixkernel/kernels.py) added and
+        stored if it was written before nixkernel looked for them: found once, without
+        evaluating again."""
+        if KERNELS_FIELD in entry:
+            return entry
+        with self.lock(slot):
+            entry = self.load(slot) or entry  # another launcher may have done it meanwhile
+            if KERNELS_FIELD not in entry:
+                entry.update(_detect_kernels(source, entry["variables"]))
+                self.store(slot, entry)
+        return entry
 
     def ensure_all(
         self,
@@ -497,6 +523,14 @@ def _files_in(entry: dict, slot: str) -> bool:
     )
 
 
+def _detect_kernels(source: NixSource, variables: Mapping[str, str]) -> dict:
+    """The entry's ``kernels`` field (R, Julia... that the environment carries), found in the
+    project's directory, as a kernel would start there."""
+    from . import kernels  # on an evaluation only: the warm path never imports it
+
+    return {KERNELS_FIELD: kernels.detect(variables, cwd=source.local_dir)}
+
+
 def _nix_or_none(nix_executable: str | None) -> str | None:
     """The nix to use, or None: a cached environment can be checked and used without Nix."""
     try:
@@ -523,8 +557,8 @@ def _drop_old_generations(slot: str) -> None:
         if re.fullmatch(rf"{PROFILE}-\d+-link", name) and name != current:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(slot, name))
-        elif name.startswith(".entry-") and name.endswith(".tmp"):
-            # Left by a launcher killed while writing; it was never read.
+        elif name.startswith(".") and name.endswith(".tmp"):
+            # Left by a launcher killed while writing (write_json_atomically); never read.
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(slot, name))
 

@@ -32,11 +32,11 @@ from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Instance, Int, List, Unicode
 
-from . import __version__, doctor, nix, serverconfig
+from . import __version__, doctor, kernels, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
 from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
-from .kernelspec import NixKernelSpecManager, resources_for
+from .kernelspec import NixKernelSpecManager
 from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
@@ -238,6 +238,13 @@ jupyter nixkernel list --all
                 f"{hidden} kernel(s) hidden by c.KernelSpecManager.allowed_kernelspecs, as the "
                 "server hides them."
             )
+        unevaluated = sum(r.get("kind") in NIX_KINDS and r.get("cache") == NONE for r in rows)
+        if unevaluated:
+            notes.append(
+                f"{unevaluated} environment(s) not evaluated yet (CACHE none) are listed with "
+                "their Python kernel; the kernels of other languages a shell carries (R, Julia...) "
+                "appear once it is evaluated: `jupyter nixkernel warm --all`, or start its kernel."
+            )
         if not any(t.project for t in targets):
             notes.append(no_projects_hint(manager.project_dirs, bool(self.dirs)))
         for note in notes:
@@ -246,6 +253,10 @@ jupyter nixkernel list --all
                 ("" if self.json_output else "\n") + note,
                 file=sys.stderr if self.json_output else sys.stdout,
             )
+
+
+#: Kinds whose environment is a Nix shell: what kernels it carries is known once evaluated.
+NIX_KINDS = ("flake", "shell.nix")
 
 
 def no_projects_hint(project_dirs: list[str], given: bool) -> str:
@@ -347,6 +358,8 @@ def native_rows(
                 "shell": None,
                 "project": None,
                 "venv": None,
+                "language": spec["spec"].get("language"),
+                "spec": None,
                 "cache": NONE,
                 "resource_dir": spec["resource_dir"],
             }
@@ -411,6 +424,8 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
         assert self.manager is not None
         spec = self.manager.kernel_spec_for(target).to_dict()
         info: dict[str, Any] = {**target.as_dict(), "problem": target.problem, "kernelspec": spec}
+        if target.kernel is not None:
+            info["found_in"] = target.kernel.origin
         source = self.source_of(target)
         info["source"] = source.describe() if source else None
         info["shell_command"] = source.shell_command() if source else None
@@ -437,6 +452,14 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 "gc_root_target": entry.get("profile") if entry else None,
                 "has_shell_hook": bool(entry and entry.get("rc")),
             }
+            shell = kernels.from_entry(entry)
+            if shell is not None:
+                info["carries"] = {
+                    "python3": shell.python3,
+                    "ipykernel": shell.ipykernel,
+                    "kernels": [k.name for k in shell.kernels],
+                    "notes": list(shell.notes),
+                }
         else:
             info["cache"] = {"state": NONE, "note": "no Nix environment to cache"}
         if self.show_env:
@@ -456,6 +479,15 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 if entry and info["cache"]["state"] == STALE:
                     info["env_note"] = "From the stale cache entry: `warm` updates it."
         return info
+
+
+def carried_kernels(entry: dict) -> str:
+    """``; kernels: Python, R`` for an entry whose shell carries kernels besides Python."""
+    shell = kernels.from_entry(entry)
+    if shell is None or not shell.kernels:
+        return ""
+    names = (["Python"] if shell.ipykernel else []) + [k.display_name for k in shell.kernels]
+    return "; kernels: " + ", ".join(names)
 
 
 def _when(timestamp: object) -> str | None:
@@ -481,6 +513,8 @@ def print_show(info: dict[str, Any]) -> None:
     ]
     if info.get("shell_command"):
         rows.append(("Enter it", info["shell_command"]))
+    if info.get("spec"):
+        rows.append(("Kernel", f"{info['spec']} ({info['language']}), found in {info['found_in']}"))
     if info.get("problem"):
         rows.append(("Problem", info["problem"]))
     for label, value in rows:
@@ -501,6 +535,13 @@ def print_show(info: dict[str, Any]) -> None:
         print(f"  GC root     {cache['gc_root']} -> {cache['gc_root_target']}")
     if cache.get("slot"):
         print(f"  slot        {cache['slot']}")
+    carries = info.get("carries")
+    if carries:
+        python = f"{carries['python3'] or '-'} ({'with' if carries['ipykernel'] else 'without'} "
+        found = ", ".join(carries["kernels"]) or "none"
+        print(f"The shell carries: python3 {python}ipykernel); kernels: {found}")
+        for note in carries["notes"]:
+            print(f"  note: {note}")
     if "env" in info:
         if info.get("env_note"):
             print(f"Environment:  {info['env_note']}")
@@ -616,7 +657,7 @@ jupyter nixkernel warm nix-api-flake-0123456789
                 what = (
                     f"evaluated in {result.seconds:.1f} s" if result.evaluated else "already cached"
                 )
-                say(f"[{done}/{len(jobs)}] {name} ... ok ({what})")
+                say(f"[{done}/{len(jobs)}] {name} ... ok ({what}{carried_kernels(result.entry)})")
         return failures
 
 
@@ -736,9 +777,11 @@ jupyter nixkernel install --all --prefix /opt/jupyter
         spec["metadata"]["nixkernel"]["installed_by"] = INSTALLED_BY
         with tempfile.TemporaryDirectory(prefix="nixkernel-spec-") as tmp:
             source_dir = os.path.join(tmp, target.name)
-            # The logos of its kind (files only: RESOURCES holds the venv logos' directory).
-            resources = resources_for(target)
-            shutil.copytree(resources, source_dir, ignore=_subdirectories)
+            os.mkdir(source_dir)
+            # The logos only (copyfile: a store directory's read-only modes must not follow).
+            resources = self.manager.resource_dir_for(target)
+            for logo in kernels.logos_in(resources):
+                shutil.copyfile(os.path.join(resources, logo), os.path.join(source_dir, logo))
             with open(os.path.join(source_dir, "kernel.json"), "w", encoding="utf-8") as f:
                 json.dump(spec, f, indent=2)
             # KernelSpecManager's own installer: validates the name, replaces an old copy.

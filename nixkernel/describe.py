@@ -16,9 +16,12 @@ import os
 import re
 import struct
 import unicodedata
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .discovery import Project
+
+if TYPE_CHECKING:
+    from .kernels import FoundKernel
 
 KIND_FLAKE = "flake"
 KIND_SHELL_NIX = "shell.nix"
@@ -136,6 +139,9 @@ class KernelTarget(NamedTuple):
     """The virtualenv whose Python the kernel runs, if any."""
     problem: str | None = None
     """Why this environment cannot start as it is (shown in the listing and the fallback kernel)."""
+    kernel: FoundKernel | None = None
+    """A kernel of another language that the shell carries (R, Julia...: see kernels.py), or
+    None for the environment's Python kernel."""
 
     def nix_source(self) -> NixSource | None:
         if self.kind == KIND_FLAKE:
@@ -152,6 +158,8 @@ class KernelTarget(NamedTuple):
             "shell": self.shell,
             "project": self.project,
             "venv": self.venv,
+            "language": self.kernel.language if self.kernel else "python",
+            "spec": self.kernel.name if self.kernel else None,
         }
 
 
@@ -169,16 +177,21 @@ def slugify(text: str) -> str:
     return slug[:_SLUG_MAX].rstrip("-._") or "project"
 
 
-def kernel_name(project: str, kind: str, shell: str | None = None) -> str:
+def kernel_name(project: str, kind: str, shell: str | None = None, spec: str | None = None) -> str:
     """The kernel name of ``project``'s environment: a readable slug and a hash of the path.
 
     The hash makes two projects with the same directory name (``~/a/api``, ``~/b/api``) distinct,
-    and the name independent of the order projects are found in.
+    and the name independent of the order projects are found in. ``spec`` names a kernel of
+    another language the shell carries (``ir``); the Python kernel has none, and its name is the
+    one it always had.
     """
-    digest = hashlib.sha256(f"{kind}\0{project}\0{shell or ''}".encode()).hexdigest()[:10]
+    key = f"{kind}\0{project}\0{shell or ''}" + (f"\0{spec}" if spec else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     parts = [slugify(os.path.basename(project.rstrip(os.sep)) or "root"), slugify(kind)]
     if shell and shell != "default":
         parts.append(slugify(shell))
+    if spec:
+        parts.append(slugify(spec))
     return NAME_PREFIX + "-".join(parts) + "-" + digest
 
 

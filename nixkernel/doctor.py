@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from . import nix
+from . import kernels, nix
 from .describe import KIND_AUTO, KIND_FLAKE, KIND_SHELL_NIX, KernelTarget, pyvenv_cfg
 from .environment import kernel_environment
 from .launch import find_python, ipykernel_hint, target_source
@@ -498,6 +498,8 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
     a virtualenv that needs no Nix. Environments not evaluated yet are reported, not evaluated."""
     if target.kind == KIND_AUTO or target.problem:
         return None
+    if target.kernel is not None:
+        return check_shell_kernel(target, manager)
     label = target.display_name
     source = target_source(target, manager.venv_library_shell or None, manager.nix_args)
     variables: Mapping[str, str] = {}
@@ -533,6 +535,21 @@ def check_ipykernel(target: KernelTarget, manager: NixKernelSpecManager) -> Chec
             subject=target.project,
         )
     return Check(OK, f"{label}: ipykernel found ({python})", subject=target.project)
+
+
+def check_shell_kernel(target: KernelTarget, manager: NixKernelSpecManager) -> Check:
+    """A kernel of another language the shell carries (R...): its program is on the PATH of
+    the cached environment (after the spec's env), as the launcher will look for it."""
+    assert target.kernel is not None
+    label = target.display_name
+    source = target_source(target, manager.venv_library_shell or None)
+    _state, entry = manager.cache.inspect(source, manager.nix_executable or None)
+    env = kernel_environment(entry["variables"] if entry else {}, os.environ)
+    try:
+        executable, _argv = kernels.command(target.kernel, env, "{connection_file}", False)
+    except nix.NixKernelError as exc:
+        return Check(FAIL, f"{label}: {exc.message}", exc.hint, subject=target.project)
+    return Check(OK, f"{label}: runs {executable}", subject=target.project)
 
 
 # -- all of it ----------------------------------------------------------------------------------

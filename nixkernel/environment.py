@@ -64,6 +64,11 @@ def exported_variables(dev_env: Mapping) -> dict[str, str]:
     return result
 
 
+def is_variable_name(name: str) -> bool:
+    """Whether ``name`` can be a shell variable (``export NAME=...``)."""
+    return bool(_NAME.match(name))
+
+
 def which(name: str, path: str | None = None) -> str | None:
     """The executable ``name`` on ``path`` (default: this process's PATH), like ``shutil.which``.
 

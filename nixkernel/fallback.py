@@ -18,6 +18,31 @@ from . import __version__
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
 
+#: What the real kernels of these languages report as ``language_info`` (the front end picks
+#: highlighting and the file extension from it): IRkernel, IJulia, evcxr, ipykernel.
+LANGUAGE_INFO: dict[str, dict[str, str]] = {
+    "python": {"name": "python", "mimetype": "text/x-python", "file_extension": ".py"},
+    "r": {
+        "name": "R",
+        "codemirror_mode": "r",
+        "pygments_lexer": "r",
+        "mimetype": "text/x-r-source",
+        "file_extension": ".r",
+    },
+    "julia": {"name": "julia", "mimetype": "application/julia", "file_extension": ".jl"},
+    "rust": {
+        "name": "Rust",
+        "codemirror_mode": "rust",
+        "mimetype": "text/rust",
+        "file_extension": ".rs",
+    },
+}
+
+
+def language_info(language: str) -> dict[str, str]:
+    """``language_info`` for a fallback standing in for a kernel of ``language``."""
+    return dict(LANGUAGE_INFO.get(language.lower(), {"name": language}))
+
 
 class FallbackKernel(Kernel):
     """Reports :attr:`message` for every execution request."""
@@ -61,6 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     if "--message" in argv:
         i = argv.index("--message")
         message = argv[i + 1]
+        del argv[i : i + 2]
+    if "--language" in argv:
+        i = argv.index("--language")
+        FallbackKernel.language = argv[i + 1]
+        FallbackKernel.language_info = language_info(argv[i + 1])
         del argv[i : i + 2]
     print(f"[nixkernel] starting the fallback kernel:\n{message}", file=sys.stderr, flush=True)
     FallbackKernel.message = message

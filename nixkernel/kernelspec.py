@@ -20,7 +20,7 @@ import platformdirs
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
 
-from . import interpreter, nix, projectargs
+from . import interpreter, kernels, nix, projectargs
 from .cache import EnvironmentCache
 from .describe import (
     KIND_AUTO,
@@ -67,7 +67,12 @@ def resources_for(target: KernelTarget) -> str:
 def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> KernelTarget:
     """``target``, with a problem if its shell was evaluated and has no python3 on its own
     PATH (a Go, Rust or library-only shell): such a kernel cannot start Python."""
-    if target.venv or target.problem or target.kind not in (KIND_FLAKE, KIND_SHELL_NIX):
+    if (
+        target.venv
+        or target.problem
+        or target.kernel is not None  # another language's kernel: not a Python one
+        or target.kind not in (KIND_FLAKE, KIND_SHELL_NIX)
+    ):
         return target
     source = target.nix_source()
     facts = interpreter.cached_shell_facts(cache.slot(source)) if source else None
@@ -180,6 +185,29 @@ class NixKernelSpecManager(KernelSpecManager):
         kernel start of the day does not wait for Nix. What it did goes to the server's log.""",
     ).tag(config=True)
 
+    offer_languages = List(
+        Unicode(),
+        help="""Languages whose kernels are offered from each shell, case-insensitive (e.g.
+        ["python", "R"]); empty (the default): every language. Besides its Python kernel, an
+        evaluated shell offers every kernel it carries: kernelspecs in the share/jupyter/kernels
+        of its packages (XDG_DATA_DIRS, and beside each bin/ on its PATH), R with IRkernel,
+        Julia with IJulia, evcxr for Rust. "python" covers each shell's Python kernel.""",
+    ).tag(config=True)
+
+    hide_languages = List(
+        Unicode(),
+        help="""Languages whose kernels are never offered from shells, case-insensitive (e.g.
+        ["julia"]). "python" hides each shell's Python kernel ('Python (this project)' is
+        project_kernel's).""",
+    ).tag(config=True)
+
+    hide_kernelspecs = List(
+        Unicode(),
+        help="""Names of kernelspecs found in shells that are not offered (e.g. ["ir"]; see the
+        'spec' of `jupyter nixkernel list --json`). ipykernel's own spec (python3), which a
+        Python with ipykernel ships, is never offered apart: it is the shell's Python kernel.""",
+    ).tag(config=True)
+
     @default("project_dirs")
     def _default_project_dirs(self) -> list[str]:
         # The server's root directory: the ServerApp's own, or (for the command line, which
@@ -202,6 +230,7 @@ class NixKernelSpecManager(KernelSpecManager):
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._entry_kernels = kernels.EntryIndex()
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -217,7 +246,38 @@ class NixKernelSpecManager(KernelSpecManager):
         for project in discover(self.project_dirs, self.max_depth):
             shells = cache.flake_shells(project.path) if project.flake else None
             targets.extend(describe(project, shells, self.include_venvs, library_shell))
-        return [without_python_problem(t, cache) for t in targets]
+        return [without_python_problem(t, cache) for t in self.with_shell_kernels(targets, cache)]
+
+    def kernel_filter(self) -> kernels.KernelFilter:
+        return kernels.KernelFilter.make(
+            self.offer_languages, self.hide_languages, self.hide_kernelspecs
+        )
+
+    def with_shell_kernels(
+        self, targets: list[KernelTarget], cache: EnvironmentCache
+    ) -> list[KernelTarget]:
+        """Each Nix environment's kernels, from its cached entry (a stat; never Nix): its
+        Python kernel where it has one, and the kernels of other languages it carries."""
+        kernel_filter = self.kernel_filter()
+        try:  # one listing of the cache instead of a digest and a stat per unevaluated shell
+            evaluated = set(os.listdir(os.path.join(cache.root, "envs")))
+        except OSError:
+            evaluated = set()
+        result: list[KernelTarget] = []
+        for target in targets:
+            source = target.nix_source() if evaluated else None
+            slot = self._entry_kernels.slot(cache, source) if source else None
+            shell = None
+            if slot is not None and os.path.basename(slot) in evaluated:
+                shell = self._entry_kernels.kernels(slot)
+            result.extend(self._entry_kernels.offered(target, shell, kernel_filter))
+        return result
+
+    def resource_dir_for(self, target: KernelTarget) -> str:
+        """Where the kernel's logos are: its own spec's directory, else nixkernel's."""
+        if target.kernel is not None and target.kernel.resource_dir and target.kernel.logos:
+            return target.kernel.resource_dir
+        return resources_for(target)
 
     def refresh(self) -> list[KernelTarget]:
         """Re-scan synchronously and replace the in-memory listing."""
@@ -243,12 +303,14 @@ class NixKernelSpecManager(KernelSpecManager):
         spec = self.spec_dict(target)
         base_url = getattr(self.parent, "base_url", None)
         if not isinstance(base_url, str):
-            return {"resource_dir": resources_for(target), "spec": spec}
+            return {"resource_dir": self.resource_dir_for(target), "spec": spec}
         from jupyter_server.utils import url_path_join
 
+        kernel = target.kernel
+        own = kernel is not None and self.resource_dir_for(target) == kernel.resource_dir
         resources = {
             os.path.splitext(logo)[0]: url_path_join(base_url, "kernelspecs", name, logo)
-            for logo in LOGOS
+            for logo in (kernel.logos if own and kernel else LOGOS)
         }
         return {"name": name, "spec": spec, "resources": resources}
 
@@ -333,6 +395,8 @@ class NixKernelSpecManager(KernelSpecManager):
             argv += ["--shell", target.shell]
         if target.venv:
             argv += ["--venv", target.venv]
+        if target.kernel is not None:
+            argv += ["--spec", target.kernel.name, "--language", target.kernel.language]
         if self.venv_library_shell:
             argv += ["--library-shell", self.venv_library_shell]
         argv += ["--cache-dir", os.path.abspath(os.path.expanduser(self.cache_dir))]
@@ -366,6 +430,8 @@ class NixKernelSpecManager(KernelSpecManager):
 
     def spec_dict(self, target: KernelTarget) -> dict[str, Any]:
         """The kernel.json content for ``target`` (a plain dict: listings build a thousand)."""
+        if target.kernel is not None:
+            return self._shell_kernel_spec_dict(target, target.kernel)
         return {
             **_SPEC_DEFAULTS,
             "argv": self.launcher_argv(target),
@@ -407,17 +473,37 @@ class NixKernelSpecManager(KernelSpecManager):
         facts = interpreter.cached_shell_facts(self.cache.slot(source))
         return facts is not None and interpreter.supports_curve(facts.ipykernel)
 
+    def _shell_kernel_spec_dict(
+        self, target: KernelTarget, kernel: kernels.FoundKernel
+    ) -> dict[str, Any]:
+        """The spec of a kernel the shell carries: its language, interrupt mode and metadata,
+        nixkernel's launcher (the spec's own env is applied by it, over the shell's)."""
+        metadata = dict(kernel.spec.get("metadata") or {})
+        metadata.pop("nixkernel", None)
+        return {
+            **_SPEC_DEFAULTS,
+            "argv": self.launcher_argv(target),
+            "env": {},
+            "display_name": target.display_name,
+            "language": kernel.language,
+            "interrupt_mode": kernel.interrupt_mode,
+            "metadata": {**metadata, "nixkernel": self._metadata(target)},
+        }
+
     @staticmethod
     def _metadata(target: KernelTarget) -> dict[str, str]:
         """What the spec says about its environment: kind, project, and the shell, venv and
         problem when there are any. (Name and display name are the spec's own; every byte here
         is repeated for each kernel in every listing JupyterLab polls.)"""
         info = {"kind": target.kind, "project": target.project, "shell": target.shell,
-                "venv": target.venv, "problem": target.problem}  # fmt: skip
+                "venv": target.venv, "problem": target.problem,
+                "spec": target.kernel.name if target.kernel else None}  # fmt: skip
         return {key: value for key, value in info.items() if value}
 
     def kernel_spec_for(self, target: KernelTarget) -> KernelSpec:
-        return self.kernel_spec_class(resource_dir=resources_for(target), **self.spec_dict(target))
+        return self.kernel_spec_class(
+            resource_dir=self.resource_dir_for(target), **self.spec_dict(target)
+        )
 
     def project_kernel_target(self) -> KernelTarget:
         return KernelTarget(
@@ -440,7 +526,7 @@ class NixKernelSpecManager(KernelSpecManager):
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
         own = self._own_targets()
-        specs.update({name: resources_for(t) for name, t in own.items() if self.allowed(name)})
+        specs.update({n: self.resource_dir_for(t) for n, t in own.items() if self.allowed(n)})
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:

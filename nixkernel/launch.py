@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-venvs", dest="venvs", action="store_false", help="(--kind auto) ignore virtualenvs"
     )
+    parser.add_argument(
+        "--spec", help="a kernelspec the shell carries (R's ir...) to start instead of Python"
+    )
+    parser.add_argument("--language", help="the kernel's language, for the fallback kernel")
     parser.add_argument("-f", dest="connection_file", required=True)
     return parser
 
@@ -178,14 +182,19 @@ def plan_cached(
                 f"Cannot create the shell's temporary directory: {exc}.",
                 hint="Set TMPDIR (in the Jupyter server's environment) to a writable directory.",
             ) from exc
-    # Only the shell's own PATH entries: never the server's python3 (see find_python).
-    python = find_python(target, env, shell_vars.get("PATH", "") if source is not None else None)
-    env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
-    env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
-    kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
+    if args.spec:  # a kernel of another language the shell carries
+        entry = resolved.entry if source is not None else None
+        python, kernel = shell_kernel_command(target, args, entry, env, through_shell=bool(rc))
+    else:
+        # Only the shell's own PATH entries: never the server's python3 (see find_python).
+        shell_path = shell_vars.get("PATH", "") if source is not None else None
+        python = find_python(target, env, shell_path)
+        env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
+        env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
+        kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
     if not rc:
         return Launch(python, kernel, env)
-    if not target.venv:
+    if not target.venv and not args.spec:
         # The boot script switches to the python3 the shellHook leaves first on PATH, if other.
         env["NIXKERNEL_PYTHON_BEFORE_HOOK"] = python
     bash = environment.which("bash", env.get("PATH")) or environment.which("bash")
@@ -198,6 +207,36 @@ def plan_cached(
     # positional parameters; then `exec` replaces bash with the kernel, in the notebook's folder.
     argv = environment.hook_argv(bash, rc, target.project, cwd, kernel, model, server_env)
     return Launch(bash, argv, env)
+
+
+def shell_kernel_command(
+    target: KernelTarget,
+    args: argparse.Namespace,
+    entry: dict | None,
+    env: dict[str, str],
+    through_shell: bool,
+) -> tuple[str, list[str]]:
+    """The command of ``args.spec``, a kernel the cached environment carries (kernels.py)."""
+    from . import kernels
+
+    kernel = kernels.find(entry, args.spec)
+    if kernel is None:
+        raise missing_kernel(target, args.spec, entry)
+    return kernels.command(kernel, env, args.connection_file, through_shell)
+
+
+def missing_kernel(target: KernelTarget, spec: str, entry: dict | None) -> NixKernelError:
+    """The error for a kernel the listing named but the environment does not carry now."""
+    from . import kernels
+
+    shell = kernels.from_entry(entry)
+    now = ", ".join(k.name for k in shell.kernels) if shell else ""
+    return NixKernelError(
+        f"The environment of {target.project} does not carry the kernel {spec!r} "
+        f"(any more){f': its kernels now are {now}' if now else ''}.",
+        hint="Pick one of the project's kernels that `jupyter nixkernel list` shows now "
+        "(after `jupyter nixkernel warm` if its Nix files changed).",
+    )
 
 
 def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | None = None) -> str:
@@ -234,7 +273,9 @@ def plan_direct(
     import shlex
 
     connection = shlex.quote(args.connection_file)
-    if target.venv:
+    if args.spec:
+        script = direct_shell_kernel_script(target, args, source)
+    elif target.venv:
         python = shlex.quote(venv_python(target.venv))
         script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
     else:
@@ -304,9 +345,49 @@ def kernel_message(exc: NixKernelError, project: str) -> str:
     return "\n\n".join(parts)
 
 
-def fallback(message: str, connection_file: str) -> Launch:
+def direct_shell_kernel_script(
+    target: KernelTarget, args: argparse.Namespace, source: NixSource
+) -> str:
+    """``launch_mode = "direct"``: the bash command that starts ``args.spec`` inside ``nix
+    develop`` / ``nix-shell``, its spec read from the cache (a listing only offers such kernels
+    for shells evaluated once, by a kernel start or `warm`). Bash finds its program on the
+    shell's PATH, after the shellHook."""
+    import shlex
+
+    from . import kernels
+
+    _state, entry = EnvironmentCache(args.cache_dir).inspect(source, args.nix or None)
+    kernel = kernels.find(entry, args.spec)
+    if kernel is None:
+        raise missing_kernel(target, args.spec, entry)
+    namespace = {
+        "connection_file": args.connection_file,
+        "resource_dir": kernel.resource_dir,
+        "prefix": sys.prefix,
+        "cwd": os.getcwd(),
+    }
+    argv = kernels.format_argv(kernel.spec["argv"], namespace)
+    # The spec's env goes over the shell's: exported inside the shell, with ${VAR} expanded there.
+    exports = "".join(
+        f'export {k}="{_double_quoted(v)}"; '
+        for k, v in (kernel.spec.get("env") or {}).items()
+        if environment.is_variable_name(k)
+    )
+    return exports + "exec " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _double_quoted(value: str) -> str:
+    """``value`` inside bash double quotes: only ``${VAR}`` / ``$VAR`` stay live, as
+    string.Template substitutes them for the cached mode."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+    return escaped.replace("$(", "\\$(")
+
+
+def fallback(message: str, connection_file: str, language: str | None = None) -> Launch:
     """Exec plan for the fallback kernel, in the server's own Python and environment."""
     argv = [sys.executable, FALLBACK_SCRIPT, "--message", message, "-f", connection_file]
+    if language:
+        argv[2:2] = ["--language", language]
     return Launch(sys.executable, argv, dict(os.environ))
 
 
@@ -321,11 +402,11 @@ def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
     except NixKernelError as exc:
         message = kernel_message(exc, args.project or os.getcwd())
         log(message)
-        return fallback(message, args.connection_file)
+        return fallback(message, args.connection_file, args.language)
     except Exception as exc:  # a bug of ours: still explain it in the notebook, not in a loop
         message = f"nixkernel failed unexpectedly ({type(exc).__name__}: {exc}). Please report it."
         log(message)
-        return fallback(message, args.connection_file)
+        return fallback(message, args.connection_file, args.language)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -346,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
             "that runs here (on NixOS: a Nix Python, or enable nix-ld). Then restart the kernel."
         )
         log(message)
-        launch = fallback(message, args.connection_file)
+        launch = fallback(message, args.connection_file, args.language)
         os.execve(launch.executable, launch.argv, launch.env)
 
 

@@ -240,6 +240,9 @@ EXAMPLE_VALUES = {
     "discover_flake_shells": "True",
     "refresh_interval": "30.0",
     "warm_on_start": "True",
+    "offer_languages": '["python", "R"]',
+    "hide_languages": '["julia"]',
+    "hide_kernelspecs": '["ir"]',
 }
 
 _EXAMPLE_HEADER = '''\

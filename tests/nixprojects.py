@@ -106,3 +106,27 @@ def git_track(directory: Path) -> None:
     if not (directory / ".git").exists():
         subprocess.run(["git", "init", "-q", str(directory)], check=True)
     subprocess.run(["git", "-C", str(directory), "add", "-A"], check=True)
+
+
+def r_package(directory: Path, label: str = "the shell's R") -> Raw:
+    """A store package with bin/R and bin/Rscript that run the host's R (Debian's r-base-core,
+    whose library has IRkernel), the way nixpkgs' rWrapper wraps R: through scripts in
+    ``directory`` that export ``R_WRAPPED_BY=<label>``, so a kernel that prints it ran the
+    shell's wrapped R, not the /usr/bin/R on the server's PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    programs = []
+    for name in ("R", "Rscript"):
+        script = directory / name
+        host = shutil.which(name) or f"/usr/bin/{name}"
+        script.write_text(f'#!/bin/sh\nexport R_WRAPPED_BY="{label}"\nexec {host} "$@"\n')
+        script.chmod(0o755)
+        programs.append(f"{{ name = {nix_value(name)}; target = {nix_value(str(script))}; }}")
+    return Raw(f'(mini.hostWrapper "R" [ {" ".join(programs)} ])')
+
+
+def with_kernelspecs(package: Raw, specs: dict[str, dict], logos: str | None = None) -> Raw:
+    """``package`` (its bin/) plus ``share/jupyter/kernels/<name>/kernel.json`` for each of
+    ``specs`` (and the ``logo-*`` files of ``logos``, a Nix path inside the project such as
+    ``./logos``: builders cannot read the test's temporary directories), built by
+    mini.withKernelspecs."""
+    return Raw(f"(mini.withKernelspecs {package.expr} {nix_value(specs)} {logos or 'null'})")

@@ -20,7 +20,8 @@ from nixkernel import doctor, serverconfig
 from nixkernel.kernelspec import LAUNCHER, NixKernelSpecManager
 
 REPO = Path(__file__).parent.parent
-OWN_ROW_KEYS = {"name", "display_name", "kind", "shell", "project", "venv", "cache"}
+OWN_ROW_KEYS = {"name", "display_name", "kind", "shell", "project", "venv", "language", "spec",
+                "cache"}  # fmt: skip
 
 
 @dataclass

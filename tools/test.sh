@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on Debian and runs it all:
 #   system packages: nix-bin (real Nix 2.8), chromium (browser test), git, gcc (test fixtures
-#   build C)
+#   build C), r-base-core and r-cran-irkernel (real R with IRkernel, wrapped into test shells)
 #   Nix 2.26 and 2.34 side by side under /opt/nix-<ver> (tools/newer-nix.sh: Debian trixie's and
 #   sid's nix-bin, changing no system package)
 #   a virtualenv (.venv-test) with nixkernel and its test extras (pytest, pytest-jupyter,
@@ -21,6 +21,8 @@ command -v nix >/dev/null || missing+=(nix-bin)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v git >/dev/null || missing+=(git)
 command -v gcc >/dev/null || missing+=(gcc)
+command -v R >/dev/null || missing+=(r-base-core)
+[ -d /usr/lib/R/site-library/IRkernel ] || missing+=(r-cran-irkernel)
 python_bin="${PYTHON:-python3}"
 "$python_bin" -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -52,7 +54,7 @@ fi
 export PATH="$PWD/.venv-test/bin:$PATH"
 
 if [ "${CI:-}" = "true" ]; then
-  for tool in nix chromium uv git gcc; do
+  for tool in nix chromium uv git gcc R; do
     command -v "$tool" >/dev/null || { echo "tools/test.sh: $tool is required under CI=true" >&2; exit 1; }
   done
 fi
