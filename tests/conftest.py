@@ -100,6 +100,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # Every test that runs Nix (through the `nix` fixture) runs once per Nix version.
     if "nix_install" in metafunc.fixturenames:
         versions = _selected_nix_versions(metafunc.config)
+        if metafunc.definition.get_closest_marker("system_nix"):
+            # About the machine's own Nix (what the README's first command installs): once.
+            system = [v for v in versions if v not in NIX_PREFIXES]
+            versions = system or versions[:1]
         ids = [f"nix{v}" for v in versions]
         metafunc.parametrize("nix_install", versions, indirect=True, scope="session", ids=ids)
 

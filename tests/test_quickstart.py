@@ -28,10 +28,14 @@ from test_browser import free_port
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 900  # apt-get is skipped here, but pip downloads JupyterLab
 
-pytestmark = pytest.mark.skipif(
-    not (IN_CI or os.environ.get("NIXKERNEL_SLOW_TESTS") == "1"),
-    reason="installs JupyterLab from PyPI (a minute or more): NIXKERNEL_SLOW_TESTS=1 runs it",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not (IN_CI or os.environ.get("NIXKERNEL_SLOW_TESTS") == "1"),
+        reason="installs JupyterLab from PyPI (a minute or more): NIXKERNEL_SLOW_TESTS=1 runs it",
+    ),
+    # The command installs Debian's nix-bin and uses it: the machine's own Nix, once.
+    pytest.mark.system_nix,
+]
 
 
 def readme_first_command() -> str:
