@@ -118,7 +118,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def nix_install(request: pytest.FixtureRequest) -> str:
     """The bin directory of the Nix version this test runs on."""
-    version = request.param
+    # unittest-style classes (jupyter_kernel_test's) are not parametrized: the first version.
+    version = getattr(request, "param", None) or _selected_nix_versions(request.config)[0]
     installed = request.config._nix_versions  # type: ignore[attr-defined]
     if version not in installed:
         if IN_CI and (version in REQUIRED_IN_CI or version == "none"):
@@ -471,3 +472,45 @@ def _python_for_users() -> tuple[str | None, str]:
     name = f"python{sys.version_info[0]}.{sys.version_info[1]}"
     system = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin")
     return (system if system and runnable(system) else None), pythonpath
+
+
+# -- kernel ports ---------------------------------------------------------------------------------
+
+#: Below Linux's ephemeral range (32768-60999), where no bind(0) or outgoing connection lands.
+KERNEL_PORTS_START, PORTS_PER_WORKER = 20000, 600
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_ports_of_this_worker() -> Iterator[None]:
+    """Kernels started by this test process take their ports from a range of this xdist
+    worker's own, below the ephemeral range. jupyter_client picks a kernel's ports (bind to port
+    0, close) long before the kernel binds them (a cold start runs Nix first); with parallel
+    workers another process's ephemeral port could land on one meanwhile ("Address already in
+    use", a kernel that never answers). The ports are still real TCP ports the kernel binds."""
+    import socket
+
+    from jupyter_client.connect import LocalPortCache
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    first = KERNEL_PORTS_START + index * PORTS_PER_WORKER
+    cursor = [0]
+
+    def find_available_port(self: LocalPortCache, ip: str) -> int:
+        for _ in range(PORTS_PER_WORKER):
+            port = first + cursor[0] % PORTS_PER_WORKER
+            cursor[0] += 1
+            if port in self.currently_used_ports:
+                continue
+            with socket.socket() as probe:
+                try:
+                    probe.bind((ip, port))
+                except OSError:
+                    continue  # in use (a kernel of this worker, or another program)
+            self.currently_used_ports.add(port)
+            return port
+        raise RuntimeError(f"no free kernel port in {first}-{first + PORTS_PER_WORKER - 1}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalPortCache, "find_available_port", find_available_port)
+        yield

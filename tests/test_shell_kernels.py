@@ -118,7 +118,7 @@ def test_r_only_shell_offers_its_r_kernel_and_no_python_kernel(
     assert r_probe(run) == [
         "hello from the R shell",
         "the shell's R",
-        str(notebooks),
+        str(project),  # the hook runs in the project's root (docs/nix-semantics.md)
         str(notebooks),
         "",
     ]
@@ -492,7 +492,8 @@ def test_command_line_lists_warms_shows_checks_and_installs_the_r_kernel(
     assert "appear once it is evaluated: `jupyter nixkernel warm --all`" in before
     warmed = cli("warm", "--all", dirs=False)
     assert "kernels: R" in warmed.stdout
-    rows = json.loads(cli("list", "--json").stdout)
+    # The project's kernels (list also shows "Python (this project)", kind auto).
+    rows = [r for r in json.loads(cli("list", "--json").stdout) if r["kind"] != "auto"]
     assert [(r["display_name"], r["language"], r["spec"], r["cache"]) for r in rows] == [
         ("rlist (flake: R)", "R", "ir", "fresh")
     ]
