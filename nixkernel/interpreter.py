@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import re
-import threading
 from typing import NamedTuple
 
 from .environment import which
@@ -93,8 +92,9 @@ def version_text(version: tuple[int, ...] | None) -> str:
     return ".".join(map(str, version)) if version else "unknown"
 
 
+#: slot -> (entry file stamp, facts). Read and replaced whole (atomic under the GIL): the
+#: listing thread and the event loop may both ask.
 _memo: dict[str, tuple[object, ShellFacts | None]] = {}
-_memo_lock = threading.Lock()
 
 
 def cached_shell_facts(slot: str) -> ShellFacts | None:
@@ -108,8 +108,7 @@ def cached_shell_facts(slot: str) -> ShellFacts | None:
     except OSError:
         return None
     stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    with _memo_lock:
-        known = _memo.get(slot)
+    known = _memo.get(slot)
     if known is not None and known[0] == stamp:
         return known[1]
     try:
@@ -118,8 +117,7 @@ def cached_shell_facts(slot: str) -> ShellFacts | None:
         facts = environment_facts(variables)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         facts = None
-    with _memo_lock:
-        _memo[slot] = (stamp, facts)
+    _memo[slot] = (stamp, facts)
     return facts
 
 

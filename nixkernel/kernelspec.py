@@ -64,6 +64,18 @@ def resources_for(target: KernelTarget) -> str:
     return VENV_RESOURCES if target.kind == KIND_VENV else RESOURCES
 
 
+_slots: dict[tuple[str, NixSource], str] = {}
+
+
+def shell_facts(cache_root: str, source: NixSource) -> interpreter.ShellFacts | None:
+    """What the cached environment of ``source`` offers (None: not evaluated): a ``stat`` per
+    call once its slot's path is known (a slot's path never changes)."""
+    slot = _slots.get((cache_root, source))
+    if slot is None:
+        slot = _slots[(cache_root, source)] = EnvironmentCache(cache_root).slot(source)
+    return interpreter.cached_shell_facts(slot)
+
+
 def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> KernelTarget:
     """``target``, with a problem if its shell was evaluated and has no python3 on its own
     PATH (a Go, Rust or library-only shell): such a kernel cannot start Python."""
@@ -75,7 +87,7 @@ def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> Ker
     ):
         return target
     source = target.nix_source()
-    facts = interpreter.cached_shell_facts(cache.slot(source)) if source else None
+    facts = shell_facts(cache.root, source) if source else None
     if facts is None or facts.python is not None:
         return target
     return target._replace(problem=NO_PYTHON_PROBLEM)
@@ -470,7 +482,7 @@ class NixKernelSpecManager(KernelSpecManager):
         source = target_source(target, self.venv_library_shell or None)
         if source is None:
             return False
-        facts = interpreter.cached_shell_facts(self.cache.slot(source))
+        facts = shell_facts(os.path.abspath(os.path.expanduser(self.cache_dir)), source)
         return facts is not None and interpreter.supports_curve(facts.ipykernel)
 
     def _shell_kernel_spec_dict(

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from . import environment, interpreter, nix
+from . import environment, nix
 from .cache import STALE, EnvironmentCache
 from .describe import (
     KIND_AUTO,
@@ -248,11 +248,13 @@ def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | 
         return venv_python(target.venv)
     python = environment.which("python3", env.get("PATH") if shell_path is None else shell_path)
     if python is None:
+        from .interpreter import NO_PYTHON_HINT  # only on the way to an error
+
         where = f"{target.project}'s environment" if target.project else "this environment"
         raise NixKernelError(
             f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
             "Python kernel to start (the Jupyter server's own Python is not the shell's).",
-            hint=interpreter.NO_PYTHON_HINT + ", then restart the kernel",
+            hint=NO_PYTHON_HINT + ", then restart the kernel",
         )
     return python
 
@@ -279,12 +281,14 @@ def plan_direct(
         python = shlex.quote(venv_python(target.venv))
         script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
     else:
+        from .interpreter import NO_PYTHON_HINT  # direct mode runs Nix anyway
+
         script = _direct_shell_python_script(connection)
         env["NIXKERNEL_SERVER_PATH"] = server_env.get("PATH", "")
         env["NIXKERNEL_NO_PYTHON"] = (
             f"There is no Python in {target.project}'s environment: no python3 on the shell's "
             "PATH, so there is no Python kernel to start (the Jupyter server's own Python is not "
-            f"the shell's).\n\nHow to fix it: {interpreter.NO_PYTHON_HINT}, then restart the "
+            f"the shell's).\n\nHow to fix it: {NO_PYTHON_HINT}, then restart the "
             "kernel."
         )
     if target.venv:
