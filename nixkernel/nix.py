@@ -24,6 +24,12 @@ from .environment import which
 FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/bin/nix")
 
 _EVALUATING = re.compile(r"^evaluating file '(.+)'$")
+#: ``copied source 'PATH' -> 'STORE'`` (a path coerced to a string: ``"${./dir}"``), all versions.
+_COPIED_SOURCE = re.compile(r"^copied source '(.+)' -> '(/nix/store/[^']+)'$")
+#: A local tree copied for a fetcher or ``builtins.path``: ``copying 'P'...`` (2.8, a path
+#: flake), ``copying '"P"' to the store...`` (2.26), ``copying "P" to the store...`` (2.34).
+_COPYING = re.compile(r"^copying (['\"].+['\"])(?: to the store)?\.\.\.$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class NixKernelError(Exception):
@@ -59,6 +65,49 @@ class DevEnv(NamedTuple):
     """The JSON document: ``variables`` and ``bashFunctions``."""
     evaluated_files: tuple[str, ...] = ()
     """Files the evaluation read, from ``-vv`` (``evaluating file '...'``)."""
+    copied: tuple[tuple[str, str], ...] = ()
+    """Local paths the evaluation copied into the store, each with its store path when Nix
+    names it (``copied source``) or ``""`` (``copying '...'``)."""
+
+
+class EvaluationLog(NamedTuple):
+    """What an evaluation's verbose log says it read (see :func:`read_evaluation_log`)."""
+
+    evaluated_files: tuple[str, ...]
+    copied: tuple[tuple[str, str], ...]
+
+
+def read_evaluation_log(lines: list[str]) -> EvaluationLog:
+    """The files and trees an evaluation read, from Nix's verbose stderr.
+
+    ``evaluating file 'P'`` names each Nix file parsed (Nix: talkative, shown by ``-vv``; Lix
+    >= 2.90: debug, see :func:`evaluation_log_flags`). P is a store copy for a flake's files on
+    Nix 2.8 / 2.26 and Lix, the repository's own path on 2.34. ``copied source`` and
+    ``copying`` name local paths copied into the store (``"${./dir}"``, ``builtins.path``,
+    ``getFlake``/``fetchTree`` of a local directory). Internal files (``<nix/...>``,
+    ``«nix-internal»/...``) are left out: only absolute paths are kept.
+    """
+    evaluated: dict[str, None] = {}
+    copied: dict[tuple[str, str], None] = {}
+    for raw in lines:
+        line = _ANSI.sub("", raw).strip()
+        match = _EVALUATING.match(line)
+        if match:
+            if match.group(1).startswith("/"):
+                evaluated[match.group(1)] = None
+            continue
+        match = _COPIED_SOURCE.match(line)
+        if match:
+            copied[(match.group(1), match.group(2))] = None
+            continue
+        match = _COPYING.match(line)
+        if match:
+            path = match.group(1)
+            while len(path) >= 2 and path[0] == path[-1] and path[0] in "'\"":
+                path = path[1:-1]
+            if path.startswith("/") and not path.startswith("/nix/store/"):
+                copied[(path.rstrip("/") or "/", "")] = None
+    return EvaluationLog(tuple(evaluated), tuple(copied))
 
 
 def find_nix(configured: str | None = None) -> str:
@@ -119,6 +168,44 @@ def nix_version(nix: str) -> str:
             hint="Check that this Nix installation works: run `nix --version` in a terminal.",
         ) from exc
     return parse_version(out)
+
+
+_VERSION_TEXTS: dict[str, str] = {}
+
+
+def nix_version_text(nix: str) -> str:
+    """``nix --version``'s line (``nix (Nix) 2.8.0``, ``nix (Lix, like Nix) 2.91.1``), run once
+    per installation in this process; ``""`` if it cannot run (its caller then fails clearly)."""
+    identity = nix_identity(nix)
+    if identity not in _VERSION_TEXTS:
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        _VERSION_TEXTS[identity] = out.strip()
+    return _VERSION_TEXTS[identity]
+
+
+def is_lix(version_text: str) -> bool:
+    return "Lix" in version_text.split("\n", 1)[0]
+
+
+def evaluation_log_flags(version_text: str) -> list[str]:
+    """The flags that make Nix name every file an evaluation reads.
+
+    Nix logs ``evaluating file`` at talkative level (2.8 ``src/libexpr/eval.cc`` and 2.34
+    ``printTalkative``): ``-vv`` shows it. Lix moved it to debug level (commit 076c19e0d,
+    "change 'evaluating file' logs to debug", first in 2.90.0): there ``--debug``. And a flake
+    attribute served by Nix's evaluation cache (setting ``eval-cache``: 2.8 uses it on a dirty
+    tree too, 2.26 and 2.34 on a clean one) evaluates no file, so logs none: it is turned off
+    for the miss that records them.
+    """
+    verbosity = ["--debug"] if is_lix(version_text) else ["-vv"]
+    return [*verbosity, "--option", "eval-cache", "false"]
 
 
 def git_toplevel(directory: str) -> str | None:
@@ -238,13 +325,16 @@ def print_dev_env(
     argv = [nix, "print-dev-env", "--json"]
     if profile:
         argv += ["--profile", profile]
+    log_flags = evaluation_log_flags(nix_version_text(nix))
+    argv += log_flags
     if not source.is_flake:
         # Like nix-shell and nix-direnv: shell.nix functions may ask whether they run in a shell.
-        argv += ["-vv", "--arg", "inNixShell", "true"]
+        argv += ["--arg", "inNixShell", "true"]
     argv += source.installable_args()
+    debug = "--debug" in log_flags
 
     def relay(line: str) -> None:
-        if on_line is not None and not _is_chatter(line):
+        if on_line is not None and not _is_chatter(line) and (not debug or _is_notice(line)):
             on_line(line)
 
     status, stdout, lines = _run_streaming(argv, env, relay)
@@ -259,24 +349,28 @@ def print_dev_env(
             f"`{' '.join(argv)}` printed output nixkernel cannot read ({exc}).",
             hint="Check that this Nix supports `nix print-dev-env --json` (Nix 2.4 or newer).",
         ) from exc
-    evaluated = []
-    for line in lines:
-        match = _EVALUATING.match(line.strip())
-        if match:
-            evaluated.append(match.group(1))
-    return DevEnv(data=data, evaluated_files=tuple(evaluated))
+    log = read_evaluation_log(lines)
+    return DevEnv(data=data, evaluated_files=log.evaluated_files, copied=log.copied)
 
 
 def flake_shell_names(
     nix: str, directory: str, system: str, env: dict[str, str] | None = None
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    return flake_shell_names_logged(nix, directory, system, env)[0]
+
+
+def flake_shell_names_logged(
+    nix: str, directory: str, system: str, env: dict[str, str] | None = None
+) -> tuple[list[str], EvaluationLog]:
+    """:func:`flake_shell_names`, and what the evaluation read (to know when to ask again)."""
     import subprocess
 
     check_flake_path(directory)
     argv = [
         nix, "eval", "--json", f"{directory}#devShells.{system}",
         "--apply", "builtins.attrNames",
+        *evaluation_log_flags(nix_version_text(nix)),
     ]  # fmt: skip
     try:
         out = subprocess.run(
@@ -291,7 +385,8 @@ def flake_shell_names(
             out.returncode,
         )
     names = json.loads(out.stdout)
-    return [str(n) for n in names] if isinstance(names, list) else []
+    log = read_evaluation_log(out.stderr.splitlines())
+    return ([str(n) for n in names] if isinstance(names, list) else []), log
 
 
 def _is_chatter(line: str) -> bool:
@@ -299,6 +394,19 @@ def _is_chatter(line: str) -> bool:
     return stripped.startswith(
         ("evaluating file ", "instantiated ", "copied source ", "performing daemon")
     ) or (stripped.startswith(("executing builder", "using builder args", "added input ")))
+
+
+#: What Nix shows at its default verbosity, told apart from ``--debug`` output (Lix): progress
+#: lines relayed to the user. Debug lines (``acquiring write lock``, ``checking access``...) are
+#: still kept for :func:`explain_failure`.
+_NOTICE_PREFIXES = (
+    "error", "warning", "trace:", "building ", "copying path ", "these ", "this ",
+    "fetching ", "unpacking ", "downloading ", "evaluation warning", " ", "\t", "…",
+)  # fmt: skip
+
+
+def _is_notice(line: str) -> bool:
+    return _ANSI.sub("", line).startswith(_NOTICE_PREFIXES)
 
 
 def explain_failure(source: NixSource, stderr_lines: list[str], status: int) -> NixEvaluationError:
