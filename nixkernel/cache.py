@@ -9,8 +9,10 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
         lock                held while one launcher evaluates; the others wait and reuse
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
-``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, and every file a
-non-flake evaluation read), the system, the Nix binary and ``NIX_PATH``. It is *stale* when the
+``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, its manifests,
+and every file or tree the evaluation read, see :mod:`nixkernel.inputs`), the system, the Nix
+binary and ``NIX_PATH``. Inputs are hashed before Nix runs; a warm
+check reads only inputs whose ``stat`` stamp changed. It is *stale* when the
 key differs, and *gone* when the garbage collector took its store paths (a miss). Entries are
 written atomically (temp file + rename) and never trusted blindly: anything that does not parse
 or has the wrong shape is a miss. Like nix-direnv, freshness is decided without running Nix, so
@@ -31,11 +33,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import NamedTuple
 
-from . import environment, nix
+from . import environment, inputs, nix
 from .describe import NixSource, current_system, slugify
 from .discovery import walk_dirs
 
-SCHEMA = 1
+SCHEMA = 2
 ENTRY_FILE = "entry.json"
 PROFILE = "profile"
 
@@ -76,7 +78,7 @@ def file_digest(path: str) -> str:
     except FileNotFoundError:
         return "absent"
     except IsADirectoryError:
-        return "directory"
+        return inputs.tree_digest(path)
     except OSError:
         return "unreadable"
 
@@ -100,6 +102,11 @@ def watched_inputs(source: NixSource) -> list[str]:
     if not source.is_flake:
         files.add(source.location)
     files.update(project_nix_files(directory))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    files.update(inputs.manifest_inputs(directory, names))
     return sorted(files)
 
 
@@ -174,14 +181,22 @@ class EnvironmentCache:
             return None
         return entry if _well_formed(entry) else None
 
-    def key(self, source: NixSource, nix_path: str | None, inputs: list[str]) -> dict:
-        """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``)."""
+    def key(
+        self,
+        source: NixSource,
+        nix_path: str | None,
+        inputs: list[str],
+        digests: Mapping[str, str] | None = None,
+    ) -> dict:
+        """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``, but
+        for those whose digest ``digests`` already gives)."""
+        digests = digests or {}
         return {
             "source": {"kind": source.kind, "location": source.location, "attr": source.attr},
             "system": current_system(),
             "nix": nix.nix_identity(nix_path) if nix_path else None,
             "nix_path": None if source.is_flake else os.environ.get("NIX_PATH", ""),
-            "inputs": {path: file_digest(path) for path in inputs},
+            "inputs": {path: digests.get(path) or file_digest(path) for path in inputs},
         }
 
     def state(self, entry: dict | None, source: NixSource, nix_path: str | None) -> str:
@@ -189,12 +204,12 @@ class EnvironmentCache:
         if entry is None or not all(os.path.exists(p) for p in entry["store_paths"]):
             return NONE
         recorded = entry["key"]
-        inputs = sorted(set(recorded["inputs"]) | set(watched_inputs(source)))
-        now = self.key(source, nix_path, inputs)
+        recorded_inputs = recorded["inputs"]
+        paths = sorted(set(recorded_inputs) | set(watched_inputs(source)))
+        now = self.key(source, nix_path, paths, _unchanged(recorded_inputs, entry, paths))
         if now["nix"] is None:
             # No Nix to re-evaluate with: the environment it made is still the best we have.
             now["nix"] = recorded.get("nix")
-        recorded_inputs = recorded.get("inputs", {})
         same_inputs = all(recorded_inputs.get(p, "absent") == d for p, d in now["inputs"].items())
         same_rest = all(now[k] == recorded.get(k) for k in ("source", "system", "nix", "nix_path"))
         return FRESH if same_inputs and same_rest else STALE
@@ -247,18 +262,29 @@ class EnvironmentCache:
         slot = self.slot(source)
         self._make_private_dir(slot)
         version = nix.nix_version(nix_path)
+        # Everything is hashed before Nix reads it: an edit made while Nix runs must leave the
+        # entry stale, not fresh beside an environment made from the older content.
+        started_ns = time.time_ns()
+        previous = self.load(slot)
+        known = set(watched_inputs(source))
+        known |= set(previous["key"]["inputs"]) if previous else set()
+        before = {path: file_digest(path) for path in known}
         dev_env = nix.print_dev_env(
             nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
         )
         variables = environment.exported_variables(dev_env.data)
         hook = environment.shell_hook(dev_env.data)
         profile_target = _profile_target(slot)
-        inputs = sorted(
-            set(watched_inputs(source)) | set(_evaluated_inputs(dev_env.evaluated_files))
+        paths = set(watched_inputs(source))
+        paths |= set(_evaluated_inputs(dev_env.evaluated_files))
+        paths |= set(
+            inputs.evaluation_inputs(dev_env.evaluated_files, dev_env.copied, _roots(source))
         )
+        digests, stamps = _settle(sorted(paths), before, started_ns)
         entry = {
             "schema": SCHEMA,
-            "key": self.key(source, nix_path, inputs),
+            "key": self.key(source, nix_path, sorted(paths), digests),
+            "stamps": stamps,
             "nix_version": version,
             "created": time.time(),
             "profile": profile_target,
@@ -383,6 +409,61 @@ def _nix_or_none(nix_executable: str | None) -> str | None:
         return nix.find_nix(nix_executable)
     except nix.NixNotFoundError:
         return None
+
+
+def _unchanged(recorded: Mapping[str, str], entry: Mapping, paths: Iterable[str]) -> dict:
+    """The recorded digests of the ``paths`` whose stamp shows them untouched since, and of
+    those still absent (one ``lstat``; most watched names never exist)."""
+    stamps = entry.get("stamps")
+    stamps = stamps if isinstance(stamps, dict) else {}
+    unchanged = {}
+    for p in paths:
+        digest = recorded.get(p, "absent")
+        if digest == "absent":
+            if not os.path.lexists(p):
+                unchanged[p] = digest
+        elif p in stamps and inputs.stamp_matches(p, stamps[p]):
+            unchanged[p] = digest
+    return unchanged
+
+
+def _settle(
+    paths: list[str], before: Mapping[str, str], started_ns: int
+) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The digests to record for ``paths`` after an evaluation that started at ``started_ns``,
+    and the stamps that let a warm start skip reading them.
+
+    A path hashed before Nix ran keeps that digest (if it changed since, the next start sees the
+    difference). A path first learnt from Nix's log that changed since the evaluation started
+    is recorded as changed: Nix may have read the older content. A flake.lock is what Nix
+    wrote, if it wrote one (a new input): the evaluation used that content."""
+    digests: dict[str, str] = {}
+    stamps: dict[str, list[int]] = {}
+    for path in paths:
+        after = file_digest(path)
+        if os.path.basename(path) == "flake.lock":
+            digest = after
+        elif path in before:
+            digest = before[path]
+        elif inputs.newest_change_ns(path) >= started_ns:
+            digest = inputs.CHANGED_DURING_EVALUATION
+        else:
+            digest = after
+        digests[path] = digest
+        if digest == after and digest.startswith("sha256:"):
+            stamped = inputs.stamp(path)  # after the read: a change in between is racy, unstamped
+            if stamped:
+                stamps[path] = stamped
+    return digests, stamps
+
+
+def _roots(source: NixSource) -> list[str]:
+    """Where the source's own files live: store copies of them map back here."""
+    directory = source.local_dir
+    if directory is None:
+        return []
+    top = nix.git_toplevel(directory) if source.is_flake else None
+    return [directory, top] if top and top != directory else [directory]
 
 
 def _profile_target(slot: str) -> str | None:

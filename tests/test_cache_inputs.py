@@ -8,6 +8,11 @@ Where Nix versions differ, the test says which rule it follows.
 
 from __future__ import annotations
 
+import builtins
+import os
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,12 +20,15 @@ import pytest
 from nixprojects import (
     DEFAULT_SHELL,
     Raw,
+    git_track,
+    write_flake,
     write_shell_nix,
 )
 from test_reliability import Gate
 
+from nixkernel import inputs
 from nixkernel import nix as nixmod
-from nixkernel.cache import EnvironmentCache
+from nixkernel.cache import EnvironmentCache, file_digest
 from nixkernel.describe import NixSource
 
 
@@ -44,6 +52,237 @@ def gate(nix: str, tmp_path: Path) -> Iterator[Gate]:
 
 def shell_source(project: Path) -> NixSource:
     return NixSource("file", str(project / "shell.nix"))
+
+
+# -- flakes in a repository (item 10) and what must not evaluate (issue 13) -----------------
+
+
+def repo_with_flake_in_sub(root: Path) -> tuple[Path, Path]:
+    """repo/sub/flake.nix imports ../nix/common.nix; the repository also tracks a .py file and a
+    notebook next to the flake."""
+    repo = root / "repo"
+    (repo / "nix").mkdir(parents=True)
+    (repo / "nix" / "common.nix").write_text('{ color = "blue"; }\n')
+    shell = {**DEFAULT_SHELL, "COLOR": Raw("(import ../nix/common.nix).color")}
+    flake = write_flake(repo / "sub", {"default": shell}, git=False)
+    (flake / "analysis.py").write_text("print('hello')\n")
+    (flake / "notebook.ipynb").write_text('{"cells": []}\n')
+    git_track(repo)
+    return repo, flake
+
+
+def test_a_flake_in_a_repository_subdirectory_reevaluates_when_a_repository_file_it_imports_changes(
+    nix, counting_nix, projects, cache
+):
+    """A flake sees its whole git repository: ``import ../nix/common.nix`` from repo/sub. Nix
+    2.8 and 2.26 log the store copy (``/nix/store/<h>-source/nix/common.nix``), mapped back to
+    the repository by content; 2.34 logs the repository's own path (``printTalkative
+    "evaluating file"``, src/libexpr/eval.cc). The user entered the shell before (twice: Nix
+    fills its evaluation cache attribute by attribute), so Nix's own evaluation cache (setting
+    ``eval-cache``; here 2.8 and 2.34 serve the shell from it, 2.26 does not on this dirty
+    tree) and would evaluate no file: the miss must still see the files it reads (it turns that
+    cache off)."""
+    repo, flake = repo_with_flake_in_sub(projects)
+    source = NixSource.flake_shell(str(flake), "default")
+    for _ in range(2):
+        subprocess.run(
+            [nix, "print-dev-env", "--json", *source.installable_args()],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    assert start(cache, source, counting_nix.path)["COLOR"] == "blue"
+    assert start(cache, source, counting_nix.path)["COLOR"] == "blue"
+    assert counting_nix.evaluations() == 1
+
+    (repo / "nix" / "common.nix").write_text('{ color = "green"; }\n')
+    assert start(cache, source, counting_nix.path)["COLOR"] == "green"
+    assert counting_nix.evaluations() == 2
+
+
+def test_editing_a_tracked_python_file_or_saving_a_notebook_evaluates_nothing(
+    nix, counting_nix, projects, cache
+):
+    """On a dirty tree ``nix develop`` evaluates again at every call (its evaluation cache is
+    keyed by the whole source); the kernel's cache watches only what the evaluation read."""
+    repo, flake = repo_with_flake_in_sub(projects)
+    source = NixSource.flake_shell(str(flake), "default")
+    start(cache, source, counting_nix.path)
+    (flake / "analysis.py").write_text("print('edited')\n")
+    (flake / "notebook.ipynb").write_text('{"cells": [{"cell_type": "code"}]}\n')
+    (repo / "README.md").write_text("new\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    resolved = cache.ensure(source, counting_nix.path)
+    assert not resolved.evaluated and counting_nix.evaluations() == 1
+
+
+# -- inputs outside the project (item 9) -----------------------------------------------------
+
+
+def outside_flake(directory: Path) -> Path:
+    """A git flake outside the project (like /etc/nixos) whose output imports ./lib.nix."""
+    directory.mkdir(parents=True)
+    (directory / "lib.nix").write_text('{ value = "outside 1"; }\n')
+    (directory / "flake.nix").write_text(
+        "{ outputs = { self }: { value = (import ./lib.nix).value; }; }\n"
+    )
+    (directory / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}\n')
+    git_track(directory)
+    return directory
+
+
+def test_a_flake_outside_the_project_that_shell_nix_gets_is_watched_with_its_lock_file(
+    nix, counting_nix, projects, tmp_path, cache
+):
+    """``(builtins.getFlake "/abs/outside").value``: Nix evaluates the outside flake from its
+    store copy (2.8 logs ``copying '/abs/outside'...``, 2.26 ``copying '"/abs/outside"' to the
+    store...``, 2.34 ``copying "/abs/outside" to the store...``); its files are mapped back, and
+    its flake.lock, read but never logged, is watched beside its flake.nix."""
+    outside = outside_flake(tmp_path / "outside")
+    project = write_shell_nix(
+        projects / "uses-outside",
+        {**DEFAULT_SHELL, "VALUE": Raw(f'(builtins.getFlake "{outside}").value')},
+    )
+    source = shell_source(project)
+    assert start(cache, source, counting_nix.path)["VALUE"] == "outside 1"
+    assert not cache.ensure(source, counting_nix.path).evaluated
+
+    (outside / "lib.nix").write_text('{ value = "outside 2"; }\n')
+    assert start(cache, source, counting_nix.path)["VALUE"] == "outside 2"
+    assert counting_nix.evaluations() == 2
+
+    (outside / "flake.lock").write_text('{"nodes": {"root": {}}, "root": "root", "version": 7}\n\n')
+    start(cache, source, counting_nix.path)
+    assert counting_nix.evaluations() == 3
+
+
+def test_an_imported_file_and_a_copied_directory_outside_the_project_are_inputs(
+    nix, counting_nix, projects, tmp_path, cache
+):
+    """``import /abs/common.nix`` is logged as evaluated; ``"${/abs/data}"`` as ``copied source
+    '/abs/data' -> '/nix/store/...'`` (all versions): a copied directory is watched whole."""
+    outside = tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "table.csv").write_text("a,b\n")
+    (outside / "common.nix").write_text('{ value = "common 1"; }\n')
+    project = write_shell_nix(
+        projects / "imports-outside",
+        {
+            **DEFAULT_SHELL,
+            "VALUE": Raw(f"(import {outside}/common.nix).value"),
+            "DATA": Raw(f'"${{{outside}/data}}"'),
+        },
+    )
+    source = shell_source(project)
+    first = start(cache, source, counting_nix.path)
+    assert first["VALUE"] == "common 1" and first["DATA"].startswith("/nix/store/")
+    assert not cache.ensure(source, counting_nix.path).evaluated
+
+    (outside / "common.nix").write_text('{ value = "common 2"; }\n')
+    assert start(cache, source, counting_nix.path)["VALUE"] == "common 2"
+    (outside / "data" / "table.csv").write_text("a,b\n1,2\n")
+    second = start(cache, source, counting_nix.path)
+    assert second["DATA"] != first["DATA"]
+    assert counting_nix.evaluations() == 3
+
+
+def test_manifests_read_with_readfile_are_watched_by_name(nix, counting_nix, projects, cache):
+    """``readFile`` / ``fromTOML`` / ``importJSON`` are never logged: uv.lock, pyproject.toml,
+    requirements*.txt... are watched by name (uv2nix, poetry2nix and devenv read them)."""
+    project = write_shell_nix(
+        projects / "manifests",
+        {**DEFAULT_SHELL, "LOCK": Raw("(builtins.readFile ./uv.lock)")},
+    )
+    (project / "uv.lock").write_text("version = 1\n")
+    source = shell_source(project)
+    assert start(cache, source, counting_nix.path)["LOCK"] == "version = 1\n"
+    (project / "uv.lock").write_text("version = 2\n")
+    assert start(cache, source, counting_nix.path)["LOCK"] == "version = 2\n"
+    assert counting_nix.evaluations() == 2
+    (project / "requirements-dev.txt").write_text("pytest\n")
+    start(cache, source, counting_nix.path)
+    assert counting_nix.evaluations() == 3
+    assert not cache.ensure(source, counting_nix.path).evaluated
+
+
+# -- edits while Nix runs (item 11) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["project", "outside"])
+def test_a_file_edited_while_nix_evaluates_leaves_the_entry_stale(
+    where, nix, counting_nix, projects, tmp_path, cache, gate
+):
+    """Nix reads lib.nix, then waits at the gate; the test edits lib.nix; the evaluation ends
+    with the old value. The next start must evaluate again. A file known before (the project's
+    ``*.nix``) keeps the digest taken before Nix ran; one learnt from the log (outside) and
+    changed since the evaluation started is recorded as changed."""
+    lib_dir = projects / "racy" / "lib" if where == "project" else tmp_path / "outside"
+    lib_dir.mkdir(parents=True)
+    lib = lib_dir / "lib.nix"
+    lib.write_text('{ value = "before"; }\n')
+    project = write_shell_nix(
+        projects / "racy",
+        {
+            **DEFAULT_SHELL,
+            "VALUE": Raw("lib.value"),
+            "GATE": Raw(f"(builtins.seq lib.value {gate.value().expr})"),
+        },
+        let=f"lib = import {lib};",
+    )
+    source = shell_source(project)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(start(cache, source, counting_nix.path)))
+    thread.start()
+    try:
+        gate.wait_started()
+        lib.write_text('{ value = "during"; }\n')
+    finally:
+        gate.open()
+        thread.join(timeout=300)
+    assert result["VALUE"] == "before"
+    assert start(cache, source, counting_nix.path)["VALUE"] == "during"
+    assert counting_nix.evaluations() == 2
+
+
+# -- the stat fast path ----------------------------------------------------------------------
+
+
+def test_a_stamp_is_only_trusted_for_files_unchanged_since_well_before_it_was_taken(tmp_path):
+    """git's racy-clean rule: a file changed within RACY_NS of its stamp may change again in
+    the same timestamp tick unseen by stat, so it gets no stamp (its content is read at every
+    check). A stamped file whose mtime is put back after an edit still differs (ctime)."""
+    path = tmp_path / "f.nix"
+    path.write_text("{ a = 1; }\n")
+    assert inputs.stamp(str(path)) is None  # just written: racy
+    later = time.time_ns() + 2 * inputs.RACY_NS
+    recorded = inputs.stamp(str(path), now_ns=later)
+    assert recorded is not None and inputs.stamp_matches(str(path), recorded)
+    st = path.stat()
+    path.write_text("{ a = 2; }\n")  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not inputs.stamp_matches(str(path), recorded)
+
+
+def test_a_warm_start_reads_no_stamped_input(nix, projects, cache, monkeypatch):
+    """Once stamped, a warm start checks an input with ``stat`` only, however big (a uv.lock).
+    (RACY_NS is set to 0 here: ctime cannot be set back to make the files old.)"""
+    monkeypatch.setattr(inputs, "RACY_NS", 0)
+    project = write_shell_nix(projects / "stamped")
+    (project / "uv.lock").write_text("x" * 100_000)
+    source = shell_source(project)
+    start(cache, source, nix)
+    entry = cache.load(cache.slot(source))
+    assert str(project / "uv.lock") in entry["stamps"]
+    reads: list[str] = []
+
+    def spy(path, *args, **kwargs):
+        reads.append(str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setitem(file_digest.__globals__, "open", spy)
+    assert cache.ensure(source, nix).state == "fresh"
+    assert str(project / "uv.lock") not in reads and str(project / "shell.nix") not in reads
+    (project / "uv.lock").write_text("y" * 100_000)
+    assert cache.inspect(source, nix)[0] == "stale"
+    assert str(project / "uv.lock") in reads
 
 
 # -- Lix (item 12) ---------------------------------------------------------------------------
