@@ -11,7 +11,7 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
 ``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, its manifests,
 and every file or tree the evaluation read, see :mod:`nixkernel.inputs`), the system, the Nix
-binary and ``NIX_PATH``. Inputs are hashed before Nix runs; a warm
+binary, ``NIX_PATH`` and the resolved search path. Inputs are hashed before Nix runs; a warm
 check reads only inputs whose ``stat`` stamp changed. It is *stale* when the
 key differs, and *gone* when the garbage collector took its store paths (a miss). Entries are
 written atomically (temp file + rename) and never trusted blindly: anything that does not parse
@@ -212,7 +212,8 @@ class EnvironmentCache:
             now["nix"] = recorded.get("nix")
         same_inputs = all(recorded_inputs.get(p, "absent") == d for p, d in now["inputs"].items())
         same_rest = all(now[k] == recorded.get(k) for k in ("source", "system", "nix", "nix_path"))
-        return FRESH if same_inputs and same_rest else STALE
+        same_search_path = not inputs.search_path_changed(recorded.get("search_path", {}))
+        return FRESH if same_inputs and same_rest and same_search_path else STALE
 
     def inspect(
         self, source: NixSource, nix_executable: str | None = None
@@ -266,24 +267,33 @@ class EnvironmentCache:
         # entry stale, not fresh beside an environment made from the older content.
         started_ns = time.time_ns()
         previous = self.load(slot)
-        known = set(watched_inputs(source))
+        search = None if source.is_flake else _SearchPathQuery(nix_path)
+        config = [] if source.is_flake else inputs.nix_config_files(os.environ)
+        known = set(watched_inputs(source)) | set(config)
         known |= set(previous["key"]["inputs"]) if previous else set()
         before = {path: file_digest(path) for path in known}
-        dev_env = nix.print_dev_env(
-            nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
-        )
+        try:
+            dev_env = nix.print_dev_env(
+                nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
+            )
+        finally:
+            search_path = search.result() if search else {}
         variables = environment.exported_variables(dev_env.data)
         hook = environment.shell_hook(dev_env.data)
         profile_target = _profile_target(slot)
-        paths = set(watched_inputs(source))
+        paths = set(watched_inputs(source)) | set(config)
         paths |= set(_evaluated_inputs(dev_env.evaluated_files))
         paths |= set(
             inputs.evaluation_inputs(dev_env.evaluated_files, dev_env.copied, _roots(source))
         )
+        if any(p.startswith("flake:") for p in search_path):
+            paths |= set(inputs.registry_files(os.environ))
         digests, stamps = _settle(sorted(paths), before, started_ns)
+        key = self.key(source, nix_path, sorted(paths), digests)
+        key["search_path"] = search_path
         entry = {
             "schema": SCHEMA,
-            "key": self.key(source, nix_path, sorted(paths), digests),
+            "key": key,
             "stamps": stamps,
             "nix_version": version,
             "created": time.time(),
@@ -457,6 +467,28 @@ def _settle(
     return digests, stamps
 
 
+class _SearchPathQuery:
+    """``builtins.nixPath`` asked of Nix on a thread while the evaluation runs (a miss only),
+    then each entry resolved: the search path that decided ``<nixpkgs>``."""
+
+    def __init__(self, nix_path: str) -> None:
+        import threading
+
+        # Resolved now too: a channel switched while Nix runs must not look current.
+        named = os.environ.get("NIX_PATH", "").split(":")
+        self._before = inputs.search_path_targets([e.split("=", 1)[-1] for e in named], os.environ)
+        self._entries: list[str] = []
+        self._thread = threading.Thread(
+            target=lambda: self._entries.extend(nix.search_path(nix_path)), daemon=True
+        )
+        self._thread.start()
+
+    def result(self) -> dict[str, str]:
+        self._thread.join()
+        now = inputs.search_path_targets(self._entries, os.environ)
+        return {p: self._before.get(p, target) for p, target in now.items()}
+
+
 def _roots(source: NixSource) -> list[str]:
     """Where the source's own files live: store copies of them map back here."""
     directory = source.local_dir
@@ -506,9 +538,12 @@ def _well_formed(entry: object) -> bool:
         return False
     key = entry.get("key")
     variables = entry.get("variables")
+    search_path = key.get("search_path", {}) if isinstance(key, dict) else None
     return (
         isinstance(key, dict)
         and isinstance(key.get("inputs"), dict)
+        and isinstance(search_path, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in search_path.items())
         and isinstance(variables, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items())
         and isinstance(entry.get("rc"), str)

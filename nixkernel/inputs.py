@@ -23,7 +23,7 @@ import hashlib
 import os
 import stat as statmod
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 STORE = "/nix/store/"
 
@@ -44,6 +44,17 @@ MAX_TREE_ENTRIES = 5000
 #: Recorded for an input that changed while Nix ran: never equal to a digest, so the next start
 #: evaluates again instead of trusting an environment made from the older content.
 CHANGED_DURING_EVALUATION = "changed-during-evaluation"
+
+#: Where Nix looks for ``<name>`` when neither NIX_PATH nor nix.conf's ``nix-path`` says
+#: (``EvalSettings::getDefaultNixPath``: 2.8 ``src/libexpr/eval.cc``, 2.34
+#: ``src/libexpr/eval-settings.cc``; the XDG one with ``use-xdg-base-directories``).
+DEFAULT_SEARCH_PATH = (
+    "~/.nix-defexpr/channels",
+    "~/.local/state/nix/defexpr/channels",
+    "/nix/var/nix/profiles/per-user/root/channels/nixpkgs",
+    "/nix/var/nix/profiles/per-user/root/channels",
+)
+
 
 # -- digests and stamps ------------------------------------------------------------------------
 
@@ -210,3 +221,51 @@ def evaluation_inputs(
         if os.path.exists(local) and not os.path.realpath(local).startswith(STORE):
             result.add(local)
     return sorted(result)
+
+
+# -- the search path (<nixpkgs>) ---------------------------------------------------------------
+
+
+def search_path_targets(entries: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """What each search-path entry resolves to now: ``realpath`` of local paths (a channel is a
+    chain of links ending in the store: ``nix-channel --update`` or ``nixos-rebuild`` moves it).
+    With no NIX_PATH, Nix's default channel links are included too (they decide ``<nixpkgs>``
+    once they exist). URLs and ``flake:`` entries resolve elsewhere: kept as themselves."""
+    paths = [e for e in entries if e]
+    if "NIX_PATH" not in environ:
+        paths += [os.path.expanduser(p) for p in DEFAULT_SEARCH_PATH]
+    return {p: resolve_search_path_entry(p) for p in dict.fromkeys(paths)}
+
+
+def resolve_search_path_entry(path: str) -> str:
+    if not path.startswith("/"):
+        return path
+    try:
+        real = os.path.realpath(path)
+    except OSError:
+        return "unresolvable"
+    return real if os.path.exists(real) else "absent"
+
+
+def search_path_changed(recorded: Mapping[str, str]) -> bool:
+    return any(resolve_search_path_entry(p) != r for p, r in recorded.items())
+
+
+def nix_config_files(environ: Mapping[str, str]) -> list[str]:
+    """The nix.conf files that can set ``nix-path`` (and the flake registry): the system one
+    (``$NIX_CONF_DIR``, default /etc/nix) and the user's (``$NIX_USER_CONF_FILES`` or
+    ``$XDG_CONFIG_HOME/nix/nix.conf``)."""
+    files = [os.path.join(environ.get("NIX_CONF_DIR") or "/etc/nix", "nix.conf")]
+    if environ.get("NIX_USER_CONF_FILES"):
+        files += [f for f in environ["NIX_USER_CONF_FILES"].split(":") if f]
+    else:
+        config = environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        files.append(os.path.join(config, "nix", "nix.conf"))
+    return files
+
+
+def registry_files(environ: Mapping[str, str]) -> list[str]:
+    """The flake registries that resolve ``flake:`` search-path entries (user, then system)."""
+    config = environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    system = environ.get("NIX_CONF_DIR") or "/etc/nix"
+    return [os.path.join(config, "nix", "registry.json"), os.path.join(system, "registry.json")]

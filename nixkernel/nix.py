@@ -389,6 +389,26 @@ def flake_shell_names_logged(
     return ([str(n) for n in names] if isinstance(names, list) else []), log
 
 
+def search_path(nix: str, env: dict[str, str] | None = None) -> list[str]:
+    """The paths of Nix's search path for ``<name>`` lookups, as this Nix puts it together from
+    ``NIX_PATH``, nix.conf's ``nix-path`` and its default channel links (``builtins.nixPath``);
+    empty if Nix cannot say."""
+    import subprocess
+
+    argv = [
+        nix, "eval", "--extra-experimental-features", "nix-command", "--impure", "--json",
+        "--expr", "map (e: e.path) builtins.nixPath",
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60
+        )
+        paths = json.loads(out.stdout) if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+
 def _is_chatter(line: str) -> bool:
     stripped = line.strip()
     return stripped.startswith(

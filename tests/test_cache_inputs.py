@@ -203,6 +203,51 @@ def test_manifests_read_with_readfile_are_watched_by_name(nix, counting_nix, pro
     assert not cache.ensure(source, counting_nix.path).evaluated
 
 
+# -- the search path (item 8) ----------------------------------------------------------------
+
+
+def test_switching_a_nix_path_link_reevaluates_and_the_shell_sees_the_new_target(
+    nix, counting_nix, projects, tmp_path, cache, monkeypatch
+):
+    """``NIX_PATH=chan=<link>``, ``import <chan/x.nix>``; the link moves, as a channel does on
+    ``nix-channel --update`` (its target is a new store path). Nix 2.8 logs the file under the
+    link (``<link>/x.nix``), 2.26 and 2.34 under the resolved target (``A/x.nix``), which does
+    not change: the entry's resolved search path does."""
+    for name, color in (("A", "red"), ("B", "yellow")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.nix").write_text(f'{{ color = "{color}"; }}\n')
+    link = tmp_path / "chan"
+    link.symlink_to(tmp_path / "A")
+    monkeypatch.setenv("NIX_PATH", f"chan={link}")
+    project = write_shell_nix(
+        projects / "channel", {**DEFAULT_SHELL, "COLOR": Raw("(import <chan/x.nix>).color")}
+    )
+    source = shell_source(project)
+    assert start(cache, source, counting_nix.path)["COLOR"] == "red"
+    assert not cache.ensure(source, counting_nix.path).evaluated
+
+    tmp = tmp_path / "chan.new"
+    tmp.symlink_to(tmp_path / "B")
+    tmp.replace(link)
+    assert start(cache, source, counting_nix.path)["COLOR"] == "yellow"
+    assert counting_nix.evaluations() == 2
+
+
+def test_search_path_targets_resolve_links_and_add_default_channels_without_nix_path(tmp_path):
+    """Without NIX_PATH (and nix.conf's nix-path), Nix searches its default channel links
+    (``EvalSettings::getDefaultNixPath``): they are part of the key even before they exist."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with_env = inputs.search_path_targets([str(tmp_path / "link")], {"NIX_PATH": "x"})
+    assert with_env == {str(tmp_path / "link"): str(tmp_path / "target")}
+    without = inputs.search_path_targets([], {})
+    assert "/nix/var/nix/profiles/per-user/root/channels" in without
+    assert os.path.expanduser("~/.nix-defexpr/channels") in without
+    assert inputs.search_path_targets(["https://example.org/x.tar.gz"], {"NIX_PATH": ""}) == {
+        "https://example.org/x.tar.gz": "https://example.org/x.tar.gz"
+    }
+
+
 # -- edits while Nix runs (item 11) ----------------------------------------------------------
 
 
