@@ -379,37 +379,76 @@ class EnvironmentCache:
         return os.path.join(self.root, "flake-shells", f"{digest}.json")
 
     @staticmethod
-    def _flake_stamp(project: str) -> list:
-        stamp = []
-        for name in ("flake.nix", "flake.lock"):
-            try:
-                st = os.stat(os.path.join(project, name))
-                stamp.append([st.st_size, st.st_mtime_ns])
-            except OSError:
-                stamp.append(None)
-        return stamp
+    def _shells_watched(project: str) -> list[str]:
+        """Inputs of a flake's devShell names before any evaluation said more."""
+        fixed = [os.path.join(project, n) for n in ("flake.nix", "flake.lock")]
+        return fixed + inputs.manifest_inputs(project)
 
     def flake_shells(self, project: str) -> list[str] | None:
-        """The devShell names of the flake in ``project``, if known for its current files."""
+        """The devShell names of the flake in ``project``, if known for its current files: those
+        the evaluation that listed them read (checked as an environment's inputs are)."""
         try:
             with open(self._shells_file(project), encoding="utf-8") as f:
                 data = json.load(f)
-            if data["stamp"] == self._flake_stamp(project) and all(
-                isinstance(n, str) for n in data["names"]
+            recorded, names = data["key"]["inputs"], data["names"]
+            if data["key"]["system"] != current_system() or not all(
+                isinstance(n, str) for n in names
             ):
-                return list(data["names"])
-        except (OSError, ValueError, KeyError, TypeError):
+                return None
+            paths = sorted(set(recorded) | set(self._shells_watched(project)))
+            unchanged = _unchanged(recorded, data, paths)
+            if all(
+                recorded.get(p, "absent") == (unchanged.get(p) or file_digest(p)) for p in paths
+            ):
+                return list(names)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         return None
 
-    def store_flake_shells(self, project: str, names: list[str]) -> None:
+    def evaluate_flake_shells(self, project: str, nix_path: str) -> list[str]:
+        """Ask Nix for the flake's devShell names and remember them with the files the
+        evaluation read (hashed before it ran). A failure is remembered as no names, until the
+        flake's files change, and raised."""
+        started_ns = time.time_ns()
+        known = self._shells_watched(project) + project_nix_files(project)
+        before = {path: file_digest(path) for path in known}
+        try:
+            names, log = nix.flake_shell_names_logged(nix_path, project, current_system())
+        except nix.NixKernelError:
+            self.store_flake_shells(project, [], known, before, started_ns)
+            raise
+        read = inputs.evaluation_inputs(
+            log.evaluated_files, log.copied, _roots(NixSource("flake", project))
+        )
+        paths = set(self._shells_watched(project)) | set(_evaluated_inputs(log.evaluated_files))
+        self.store_flake_shells(project, names, sorted(paths | set(read)), before, started_ns)
+        return names
+
+    def store_flake_shells(
+        self,
+        project: str,
+        names: list[str],
+        paths: list[str] | None = None,
+        before: Mapping[str, str] | None = None,
+        started_ns: int | None = None,
+    ) -> None:
         import tempfile
 
+        if paths is None:
+            paths = self._shells_watched(project) + project_nix_files(project)
+        digests, stamps = _settle(
+            sorted(paths), before or {}, started_ns if started_ns is not None else time.time_ns()
+        )
+        data = {
+            "key": {"system": current_system(), "inputs": digests},
+            "stamps": stamps,
+            "names": names,
+        }
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
         fd, tmp = tempfile.mkstemp(prefix=".shells-", dir=os.path.dirname(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"stamp": self._flake_stamp(project), "names": names}, f)
+            json.dump(data, f)
         os.replace(tmp, path)
 
 

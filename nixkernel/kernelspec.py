@@ -26,7 +26,6 @@ from .describe import (
     KIND_FLAKE,
     PROJECT_KERNEL_NAME,
     KernelTarget,
-    current_system,
     describe,
 )
 from .discovery import discover
@@ -219,13 +218,13 @@ class NixKernelSpecManager(KernelSpecManager):
             if cache.flake_shells(project) is not None:
                 continue
             try:
-                names = nix.flake_shell_names(nix_path, project, current_system())
+                # Remembered with the files the evaluation read; a failure as no names, with no
+                # retry until the flake's files change.
+                cache.evaluate_flake_shells(project, nix_path)
             except nix.NixKernelError as exc:
                 self.log.warning(
                     "nixkernel: cannot list the devShells of %s: %s", project, exc.message
                 )
-                names = []  # remembered for these flake files: no retry until they change
-            cache.store_flake_shells(project, names)
             learnt = True
         return learnt
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from nixprojects import (
     DEFAULT_SHELL,
+    MINI_NIX,
     Raw,
     git_track,
     write_flake,
@@ -414,3 +416,35 @@ def test_a_nix_that_says_it_is_lix_is_asked_for_debug_output_and_its_files_are_r
     )
     assert str(project / "lib" / "v.nix") in resolved.entry["key"]["inputs"]
     assert not any(line.startswith("evaluating file") for line in lines)
+
+
+# -- devShell names (item 13) ----------------------------------------------------------------
+
+
+def test_devshell_names_follow_a_file_the_flake_imports(nix, projects, manager_factory):
+    """The names come from ``nix eval ...#devShells.<system> --apply builtins.attrNames``; they
+    are kept with the files that evaluation read, so a shell added in an imported file shows."""
+    project = projects / "shells"
+    project.mkdir()
+    shutil.copy(MINI_NIX, project / "mini.nix")
+    (project / "nix").mkdir()
+    (project / "nix" / "shells.nix").write_text('mini: { default = mini.mkShell { A = "1"; }; }\n')
+    (project / "flake.nix").write_text(
+        '{ outputs = { self }: let mini = import ./mini.nix { system = "x86_64-linux"; };\n'
+        "  in { devShells.x86_64-linux = import ./nix/shells.nix mini; }; }\n"
+    )
+    git_track(project)
+    manager = manager_factory(project_dirs=[str(projects)])
+    manager.refresh()
+    assert manager.learn_flake_shells()
+    assert manager.cache.flake_shells(str(project)) == ["default"]
+    (project / "notes.py").write_text("x = 1\n")
+    assert manager.cache.flake_shells(str(project)) == ["default"]
+
+    (project / "nix" / "shells.nix").write_text(
+        'mini: { default = mini.mkShell { A = "1"; }; gpu = mini.mkShell { A = "2"; }; }\n'
+    )
+    assert manager.cache.flake_shells(str(project)) is None
+    assert manager.learn_flake_shells()
+    assert manager.cache.flake_shells(str(project)) == ["default", "gpu"]
+    assert {t.shell for t in manager.refresh() if t.kind == "flake"} == {"default", "gpu"}
