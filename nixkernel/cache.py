@@ -7,6 +7,7 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
                             and the key it was made under (inputs, system, Nix, NIX_PATH)
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
         lock                held while one launcher evaluates; the others wait and reuse
+        flake-input, flake-input-N -> /nix/store/...-source    GC roots of a flake's inputs
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
 ``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, its manifests,
@@ -278,6 +279,8 @@ class EnvironmentCache:
             )
         finally:
             search_path = search.result() if search else {}
+        if source.is_flake:
+            _root_flake_inputs(nix_path, source, slot)
         variables = environment.exported_variables(dev_env.data)
         hook = environment.shell_hook(dev_env.data)
         profile_target = _profile_target(slot)
@@ -526,6 +529,35 @@ class _SearchPathQuery:
         self._thread.join()
         now = inputs.search_path_targets(self._entries, os.environ)
         return {p: self._before.get(p, target) for p, target in now.items()}
+
+
+INPUT_ROOT = "flake-input"
+
+
+def _root_flake_inputs(nix_path: str, source: NixSource, slot: str) -> None:
+    """GC-root the store paths of the flake's inputs next to its environment, as nix-direnv does
+    (``direnvrc``: ``nix flake archive --json``, then a root per path), so that evaluating again
+    after a garbage collection needs no network. Best effort: a failure costs only that."""
+    if source.local_dir is not None and not _has_locked_inputs(source.local_dir):
+        return  # nothing to fetch, nothing to keep
+    paths = nix.flake_input_paths(nix_path, source.location)
+    if paths and not nix.add_gc_roots(nix_path, paths, os.path.join(slot, INPUT_ROOT)):
+        return
+    # Roots of inputs the flake no longer has: links numbered past the current ones.
+    keep = {INPUT_ROOT} | {f"{INPUT_ROOT}-{i}" for i in range(1, len(paths))} if paths else set()
+    for name in os.listdir(slot):
+        if re.fullmatch(rf"{INPUT_ROOT}(-\d+)?", name) and name not in keep:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(slot, name))
+
+
+def _has_locked_inputs(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "flake.lock"), encoding="utf-8") as f:
+            nodes = json.load(f).get("nodes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(nodes, dict) and len(nodes) > 1
 
 
 def _roots(source: NixSource) -> list[str]:

@@ -409,6 +409,52 @@ def search_path(nix: str, env: dict[str, str] | None = None) -> list[str]:
     return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
 
 
+def flake_input_paths(nix: str, ref: str, env: dict[str, str] | None = None) -> list[str]:
+    """The store paths of a flake's inputs, fetched if need be (``nix flake archive --json``, as
+    nix-direnv does; the flake's own source is left out). Empty if Nix cannot say."""
+    import subprocess
+
+    argv = [
+        nix, "flake", "archive", "--json", "--no-write-lock-file",
+        "--extra-experimental-features", "nix-command flakes", ref,
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        )
+        tree = json.loads(out.stdout) if out.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    found: dict[str, None] = {}
+
+    def walk(node: object) -> None:
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for child in inputs.values() if isinstance(inputs, dict) else ():
+            if isinstance(child, dict) and isinstance(child.get("path"), str):
+                found[child["path"]] = None
+            walk(child)
+
+    walk(tree)
+    return list(found)
+
+
+def add_gc_roots(nix: str, paths: list[str], link: str, env: dict[str, str] | None = None) -> bool:
+    """Make ``link``, ``link-1``, ... GC roots of ``paths`` (``nix build --out-link``: indirect
+    roots, which an ordinary user can make through the daemon). Whether it worked."""
+    import subprocess
+
+    argv = [
+        nix, "build", "--extra-experimental-features", "nix-command", "--out-link", link, *paths,
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
 def _is_chatter(line: str) -> bool:
     stripped = line.strip()
     return stripped.startswith(

@@ -9,6 +9,7 @@ Where Nix versions differ, the test says which rule it follows.
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import shutil
 import subprocess
@@ -448,3 +449,43 @@ def test_devshell_names_follow_a_file_the_flake_imports(nix, projects, manager_f
     assert manager.learn_flake_shells()
     assert manager.cache.flake_shells(str(project)) == ["default", "gpu"]
     assert {t.shell for t in manager.refresh() if t.kind == "flake"} == {"default", "gpu"}
+
+
+# -- GC roots of flake inputs (item 19) ------------------------------------------------------
+
+
+def test_a_flakes_inputs_are_gc_rooted_next_to_its_environment(nix, projects, tmp_path, cache):
+    """As nix-direnv's ``use_flake`` does (``nix flake archive --json``, then ``nix build
+    --out-link`` per path), so a re-evaluation after a garbage collection needs no network.
+    Checked without collecting: the roots exist, point at the inputs' store paths, and are
+    registered (indirect roots in /nix/var/nix/gcroots/auto)."""
+    dep = tmp_path / "dep"
+    dep.mkdir()
+    (dep / "flake.nix").write_text('{ outputs = { self }: { word = "from dep"; }; }\n')
+    project = write_flake(
+        projects / "with-input",
+        {"default": {**DEFAULT_SHELL, "WORD": Raw("dep.word")}},
+        git=False,
+    )
+    flake = project / "flake.nix"
+    flake.write_text(
+        flake.read_text()
+        .replace("{\n", f'{{\n  inputs.dep.url = "path:{dep}";\n', 1)
+        .replace("{ self }", "{ self, dep }")
+    )
+    git_track(project)
+    source = NixSource.flake_shell(str(project), "default")
+    assert start(cache, source, nix)["WORD"] == "from dep"
+    # The lock file Nix wrote during that evaluation is what it used: not a change.
+    assert (project / "flake.lock").exists()
+    assert not cache.ensure(source, nix).evaluated
+    archive = subprocess.run(
+        [nix, "flake", "archive", "--json", "--no-write-lock-file", str(project)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    dep_path = json.loads(archive.stdout)["inputs"]["dep"]["path"]
+    slot = Path(cache.slot(source))
+    roots = {os.path.realpath(p): p for p in slot.glob("flake-input*")}
+    assert dep_path in roots, roots
+    registered = {os.readlink(p) for p in Path("/nix/var/nix/gcroots/auto").iterdir()}
+    assert str(roots[dep_path]) in registered
