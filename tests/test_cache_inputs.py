@@ -236,6 +236,34 @@ def test_switching_a_nix_path_link_reevaluates_and_the_shell_sees_the_new_target
     assert counting_nix.evaluations() == 2
 
 
+def test_nix_conf_nix_path_decides_the_search_path_and_is_watched(
+    nix, counting_nix, projects, tmp_path, cache, monkeypatch
+):
+    """Without NIX_PATH, nix.conf's ``nix-path`` names the channels (all versions): the
+    targets Nix reports in ``builtins.nixPath`` are recorded, and an edit of nix.conf pointing
+    ``chan`` elsewhere evaluates again."""
+    for name, color in (("A", "red"), ("B", "yellow")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.nix").write_text(f'{{ color = "{color}"; }}\n')
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "nix.conf").write_text(f"nix-path = chan={tmp_path / 'A'}\n")
+    monkeypatch.delenv("NIX_PATH", raising=False)
+    monkeypatch.setenv("NIX_CONF_DIR", str(conf))
+    project = write_shell_nix(
+        projects / "conf-channel", {**DEFAULT_SHELL, "COLOR": Raw("(import <chan/x.nix>).color")}
+    )
+    source = shell_source(project)
+    assert start(cache, source, counting_nix.path)["COLOR"] == "red"
+    entry = cache.load(cache.slot(source))
+    assert entry["key"]["search_path"][str(tmp_path / "A")] == str(tmp_path / "A")
+    assert not cache.ensure(source, counting_nix.path).evaluated
+
+    (conf / "nix.conf").write_text(f"nix-path = chan={tmp_path / 'B'}\n")
+    assert start(cache, source, counting_nix.path)["COLOR"] == "yellow"
+    assert counting_nix.evaluations() == 2
+
+
 def test_search_path_targets_resolve_links_and_add_default_channels_without_nix_path(tmp_path):
     """Without NIX_PATH (and nix.conf's nix-path), Nix searches its default channel links
     (``EvalSettings::getDefaultNixPath``): they are part of the key even before they exist."""
