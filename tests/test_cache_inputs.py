@@ -264,6 +264,29 @@ def test_nix_conf_nix_path_decides_the_search_path_and_is_watched(
     assert counting_nix.evaluations() == 2
 
 
+def test_a_flake_search_path_entry_watches_the_flake_registries(
+    nix, counting_nix, projects, tmp_path, cache, monkeypatch
+):
+    """``NIX_PATH=flake:nixpkgs`` resolves ``<nixpkgs>`` through the flake registries (checked
+    here: 2.26 and 2.34 keep ``flake:nixpkgs`` as one entry of ``builtins.nixPath``; 2.8 splits
+    it at ``:``, so it has no such entry): the user's registry.json is an input there."""
+    whole = tuple(int(p) for p in nixmod.nix_version(nix).split(".")[:2]) >= (2, 26)
+    config = tmp_path / "config"
+    (config / "nix").mkdir(parents=True)
+    registry = config / "nix" / "registry.json"
+    registry.write_text('{"flakes": [], "version": 2}\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
+    monkeypatch.setenv("NIX_PATH", "flake:nixpkgs")
+    project = write_shell_nix(projects / "registry")
+    source = shell_source(project)
+    start(cache, source, counting_nix.path)
+    watched = cache.load(cache.slot(source))["key"]["inputs"]
+    assert (str(registry) in watched) == whole
+    registry.write_text('{"flakes": [], "version": 2}\n\n')
+    start(cache, source, counting_nix.path)
+    assert counting_nix.evaluations() == (2 if whole else 1)
+
+
 def test_search_path_targets_resolve_links_and_add_default_channels_without_nix_path(tmp_path):
     """Without NIX_PATH (and nix.conf's nix-path), Nix searches its default channel links
     (``EvalSettings::getDefaultNixPath``): they are part of the key even before they exist."""
