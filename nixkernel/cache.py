@@ -13,10 +13,13 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
         bash -> /nix/store/...-bash-interactive   nix-shell's bash (shell.nix, with <nixpkgs>)
         lock                held while one launcher evaluates; the others wait and reuse
+        flake-input, flake-input-N -> /nix/store/...-source    GC roots of a flake's inputs
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
-``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, and every file a
-non-flake evaluation read), the system, the Nix binary and ``NIX_PATH``. It is *stale* when the
+``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, its manifests,
+and every file or tree the evaluation read, see :mod:`nixkernel.inputs`), the system, the Nix
+binary, ``NIX_PATH`` and the resolved search path. Inputs are hashed before Nix runs; a warm
+check reads only inputs whose ``stat`` stamp changed. It is *stale* when the
 key differs, and *gone* when the garbage collector took its store paths (a miss). Entries are
 written atomically (temp file + rename) and never trusted blindly: anything that does not parse
 or has the wrong shape is a miss. Like nix-direnv, freshness is decided without running Nix, so
@@ -34,10 +37,10 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import nix
+from . import inputs, nix
 from .describe import NixSource, current_system, slugify
 from .discovery import walk_dirs
 
@@ -90,7 +93,7 @@ def file_digest(path: str) -> str:
     except FileNotFoundError:
         return "absent"
     except IsADirectoryError:
-        return "directory"
+        return inputs.tree_digest(path)
     except OSError:
         return "unreadable"
 
@@ -114,6 +117,11 @@ def watched_inputs(source: NixSource) -> list[str]:
     if not source.is_flake:
         files.add(source.location)
     files.update(project_nix_files(directory))
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        names = []
+    files.update(inputs.manifest_inputs(directory, names))
     return sorted(files)
 
 
@@ -187,8 +195,16 @@ class EnvironmentCache:
             return None
         return entry if _well_formed(entry) and _files_in(entry, slot) else None
 
-    def key(self, source: NixSource, nix_path: str | None, inputs: list[str]) -> dict:
-        """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``)."""
+    def key(
+        self,
+        source: NixSource,
+        nix_path: str | None,
+        inputs: list[str],
+        digests: Mapping[str, str] | None = None,
+    ) -> dict:
+        """The key an entry for ``source`` must carry to be fresh now (hashes ``inputs``, but
+        for those whose digest ``digests`` already gives)."""
+        digests = digests or {}
         return {
             "source": {
                 "kind": source.kind,
@@ -200,7 +216,7 @@ class EnvironmentCache:
             "system": current_system(),
             "nix": nix.nix_identity(nix_path) if nix_path else None,
             "nix_path": None if source.is_flake else os.environ.get("NIX_PATH", ""),
-            "inputs": {path: file_digest(path) for path in inputs},
+            "inputs": {path: digests.get(path) or file_digest(path) for path in inputs},
         }
 
     def state(self, entry: dict | None, source: NixSource, nix_path: str | None) -> str:
@@ -210,15 +226,16 @@ class EnvironmentCache:
         if not all(os.path.exists(p) for p in entry["files"]):
             return NONE  # a file the kernel needs was removed from the slot
         recorded = entry["key"]
-        inputs = sorted(set(recorded["inputs"]) | set(watched_inputs(source)))
-        now = self.key(source, nix_path, inputs)
+        recorded_inputs = recorded["inputs"]
+        paths = sorted(set(recorded_inputs) | set(watched_inputs(source)))
+        now = self.key(source, nix_path, paths, _unchanged(recorded_inputs, entry, paths))
         if now["nix"] is None:
             # No Nix to re-evaluate with: the environment it made is still the best we have.
             now["nix"] = recorded.get("nix")
-        recorded_inputs = recorded.get("inputs", {})
         same_inputs = all(recorded_inputs.get(p, "absent") == d for p, d in now["inputs"].items())
         same_rest = all(now[k] == recorded.get(k) for k in ("source", "system", "nix", "nix_path"))
-        return FRESH if same_inputs and same_rest else STALE
+        same_search_path = not inputs.search_path_changed(recorded.get("search_path", {}))
+        return FRESH if same_inputs and same_rest and same_search_path else STALE
 
     def inspect(
         self, source: NixSource, nix_executable: str | None = None
@@ -264,9 +281,23 @@ class EnvironmentCache:
         self._make_private_dir(slot)
         version_line = devshell.version_line(nix_path)
         version = nix.parse_version(version_line) if version_line else nix.nix_version(nix_path)
-        dev_env = nix.print_dev_env(
-            nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
-        )
+        # Everything is hashed before Nix reads it: an edit made while Nix runs must leave the
+        # entry stale, not fresh beside an environment made from the older content.
+        started_ns = time.time_ns()
+        previous = self.load(slot)
+        search = None if source.is_flake else _SearchPathQuery(nix_path)
+        config = [] if source.is_flake else inputs.nix_config_files(os.environ)
+        known = set(watched_inputs(source)) | set(config)
+        known |= set(previous["key"]["inputs"]) if previous else set()
+        before = {path: file_digest(path) for path in known}
+        try:
+            dev_env = nix.print_dev_env(
+                nix_path, source, profile=os.path.join(slot, PROFILE), on_line=on_line
+            )
+        finally:
+            search_path = search.result() if search else {}
+        if source.is_flake:
+            _root_flake_inputs(nix_path, source, slot)
         profile_target = _profile_target(slot)
         prepared, bash = _prepare(source, nix_path, slot, dev_env, version, version_line)
         paths = {name: os.path.join(slot, name) for name in prepared.files}
@@ -276,13 +307,21 @@ class EnvironmentCache:
         if prepared.hook:
             rc = os.path.join(slot, devshell._file_name("rc", prepared.hook, ".sh"))
             _write_file(slot, os.path.basename(rc), prepared.hook)
-        inputs = sorted(
-            set(watched_inputs(source)) | set(_evaluated_inputs(dev_env.evaluated_files))
+        watched = set(watched_inputs(source)) | set(config)
+        watched |= set(_evaluated_inputs(dev_env.evaluated_files))
+        watched |= set(
+            inputs.evaluation_inputs(dev_env.evaluated_files, dev_env.copied, _roots(source))
         )
+        if any(p.startswith("flake:") for p in search_path):
+            watched |= set(inputs.registry_files(os.environ))
+        digests, stamps = _settle(sorted(watched), before, started_ns)
+        key = self.key(source, nix_path, sorted(watched), digests)
+        key["search_path"] = search_path
         variables = prepared.variables
         entry = {
             "schema": SCHEMA,
-            "key": self.key(source, nix_path, inputs),
+            "key": key,
+            "stamps": stamps,
             "nix_version": version,
             "nix_version_line": version_line,
             "created": time.time(),
@@ -388,33 +427,76 @@ class EnvironmentCache:
         return os.path.join(self.root, "flake-shells", f"{digest}.json")
 
     @staticmethod
-    def _flake_stamp(project: str) -> list:
-        stamp = []
-        for name in ("flake.nix", "flake.lock"):
-            try:
-                st = os.stat(os.path.join(project, name))
-                stamp.append([st.st_size, st.st_mtime_ns])
-            except OSError:
-                stamp.append(None)
-        return stamp
+    def _shells_watched(project: str) -> list[str]:
+        """Inputs of a flake's devShell names before any evaluation said more."""
+        fixed = [os.path.join(project, n) for n in ("flake.nix", "flake.lock")]
+        return fixed + inputs.manifest_inputs(project)
 
     def flake_shells(self, project: str) -> list[str] | None:
-        """The devShell names of the flake in ``project``, if known for its current files."""
+        """The devShell names of the flake in ``project``, if known for its current files: those
+        the evaluation that listed them read (checked as an environment's inputs are)."""
         try:
             with open(self._shells_file(project), encoding="utf-8") as f:
                 data = json.load(f)
-            if data["stamp"] == self._flake_stamp(project) and all(
-                isinstance(n, str) for n in data["names"]
+            recorded, names = data["key"]["inputs"], data["names"]
+            if data["key"]["system"] != current_system() or not all(
+                isinstance(n, str) for n in names
             ):
-                return list(data["names"])
-        except (OSError, ValueError, KeyError, TypeError):
+                return None
+            paths = sorted(set(recorded) | set(self._shells_watched(project)))
+            unchanged = _unchanged(recorded, data, paths)
+            if all(
+                recorded.get(p, "absent") == (unchanged.get(p) or file_digest(p)) for p in paths
+            ):
+                return list(names)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
         return None
 
-    def store_flake_shells(self, project: str, names: list[str]) -> None:
+    def evaluate_flake_shells(
+        self, project: str, nix_path: str, extra_args: Sequence[str] = ()
+    ) -> list[str]:
+        """Ask Nix for the flake's devShell names and remember them with the files the
+        evaluation read (hashed before it ran). A failure is remembered as no names, until the
+        flake's files change, and raised."""
+        started_ns = time.time_ns()
+        known = self._shells_watched(project) + project_nix_files(project)
+        before = {path: file_digest(path) for path in known}
+        try:
+            names, log = nix.flake_shell_names_logged(
+                nix_path, project, current_system(), extra_args=extra_args
+            )
+        except nix.NixKernelError:
+            self.store_flake_shells(project, [], known, before, started_ns)
+            raise
+        read = inputs.evaluation_inputs(
+            log.evaluated_files, log.copied, _roots(NixSource("flake", project))
+        )
+        paths = set(self._shells_watched(project)) | set(_evaluated_inputs(log.evaluated_files))
+        self.store_flake_shells(project, names, sorted(paths | set(read)), before, started_ns)
+        return names
+
+    def store_flake_shells(
+        self,
+        project: str,
+        names: list[str],
+        paths: list[str] | None = None,
+        before: Mapping[str, str] | None = None,
+        started_ns: int | None = None,
+    ) -> None:
+        if paths is None:
+            paths = self._shells_watched(project) + project_nix_files(project)
+        digests, stamps = _settle(
+            sorted(paths), before or {}, started_ns if started_ns is not None else time.time_ns()
+        )
+        data = {
+            "key": {"system": current_system(), "inputs": digests},
+            "stamps": stamps,
+            "names": names,
+        }
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
-        write_json_atomically(path, {"stamp": self._flake_stamp(project), "names": names})
+        write_json_atomically(path, data)
 
 
 def write_json_atomically(
@@ -539,6 +621,112 @@ def _nix_or_none(nix_executable: str | None) -> str | None:
         return None
 
 
+def _unchanged(recorded: Mapping[str, str], entry: Mapping, paths: Iterable[str]) -> dict:
+    """The recorded digests of the ``paths`` whose stamp shows them untouched since, and of
+    those still absent (one ``lstat``; most watched names never exist)."""
+    stamps = entry.get("stamps")
+    stamps = stamps if isinstance(stamps, dict) else {}
+    unchanged = {}
+    for p in paths:
+        digest = recorded.get(p, "absent")
+        if digest == "absent":
+            if not os.path.lexists(p):
+                unchanged[p] = digest
+        elif p in stamps and inputs.stamp_matches(p, stamps[p]):
+            unchanged[p] = digest
+    return unchanged
+
+
+def _settle(
+    paths: list[str], before: Mapping[str, str], started_ns: int
+) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """The digests to record for ``paths`` after an evaluation that started at ``started_ns``,
+    and the stamps that let a warm start skip reading them.
+
+    A path hashed before Nix ran keeps that digest (if it changed since, the next start sees the
+    difference). A path first learnt from Nix's log that changed since the evaluation started
+    is recorded as changed: Nix may have read the older content. A flake.lock is what Nix
+    wrote, if it wrote one (a new input): the evaluation used that content."""
+    digests: dict[str, str] = {}
+    stamps: dict[str, list[int]] = {}
+    for path in paths:
+        after = file_digest(path)
+        if os.path.basename(path) == "flake.lock":
+            digest = after
+        elif path in before:
+            digest = before[path]
+        elif inputs.newest_change_ns(path) >= started_ns:
+            digest = inputs.CHANGED_DURING_EVALUATION
+        else:
+            digest = after
+        digests[path] = digest
+        if digest == after and digest.startswith("sha256:"):
+            stamped = inputs.stamp(path)  # after the read: a change in between is racy, unstamped
+            if stamped:
+                stamps[path] = stamped
+    return digests, stamps
+
+
+class _SearchPathQuery:
+    """``builtins.nixPath`` asked of Nix on a thread while the evaluation runs (a miss only),
+    then each entry resolved: the search path that decided ``<nixpkgs>``."""
+
+    def __init__(self, nix_path: str) -> None:
+        import threading
+
+        # Resolved now too: a channel switched while Nix runs must not look current.
+        named = os.environ.get("NIX_PATH", "").split(":")
+        self._before = inputs.search_path_targets([e.split("=", 1)[-1] for e in named], os.environ)
+        self._entries: list[str] = []
+        self._thread = threading.Thread(
+            target=lambda: self._entries.extend(nix.search_path(nix_path)), daemon=True
+        )
+        self._thread.start()
+
+    def result(self) -> dict[str, str]:
+        self._thread.join()
+        now = inputs.search_path_targets(self._entries, os.environ)
+        return {p: self._before.get(p, target) for p, target in now.items()}
+
+
+INPUT_ROOT = "flake-input"
+
+
+def _root_flake_inputs(nix_path: str, source: NixSource, slot: str) -> None:
+    """GC-root the store paths of the flake's inputs next to its environment, as nix-direnv does
+    (``direnvrc``: ``nix flake archive --json``, then a root per path), so that evaluating again
+    after a garbage collection needs no network. Best effort: a failure costs only that."""
+    if source.local_dir is not None and not _has_locked_inputs(source.local_dir):
+        return  # nothing to fetch, nothing to keep
+    paths = nix.flake_input_paths(nix_path, source.location)
+    if paths and not nix.add_gc_roots(nix_path, paths, os.path.join(slot, INPUT_ROOT)):
+        return
+    # Roots of inputs the flake no longer has: links numbered past the current ones.
+    keep = {INPUT_ROOT} | {f"{INPUT_ROOT}-{i}" for i in range(1, len(paths))} if paths else set()
+    for name in os.listdir(slot):
+        if re.fullmatch(rf"{INPUT_ROOT}(-\d+)?", name) and name not in keep:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(slot, name))
+
+
+def _has_locked_inputs(directory: str) -> bool:
+    try:
+        with open(os.path.join(directory, "flake.lock"), encoding="utf-8") as f:
+            nodes = json.load(f).get("nodes", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(nodes, dict) and len(nodes) > 1
+
+
+def _roots(source: NixSource) -> list[str]:
+    """Where the source's own files live: store copies of them map back here."""
+    directory = source.local_dir
+    if directory is None:
+        return []
+    top = nix.git_toplevel(directory) if source.is_flake else None
+    return [directory, top] if top and top != directory else [directory]
+
+
 def _profile_target(slot: str) -> str | None:
     try:
         return os.path.realpath(os.path.join(slot, PROFILE))
@@ -579,9 +767,12 @@ def _well_formed(entry: object) -> bool:
         return False
     key = entry.get("key")
     variables = entry.get("variables")
+    search_path = key.get("search_path", {}) if isinstance(key, dict) else None
     return (
         isinstance(key, dict)
         and isinstance(key.get("inputs"), dict)
+        and isinstance(search_path, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in search_path.items())
         and isinstance(variables, dict)
         and all(isinstance(k, str) and isinstance(v, str) for k, v in variables.items())
         and isinstance(entry.get("rc"), str)

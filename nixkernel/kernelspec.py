@@ -30,7 +30,6 @@ from .describe import (
     PROJECT_KERNEL_NAME,
     KernelTarget,
     NixSource,
-    current_system,
     describe,
 )
 from .discovery import discover
@@ -349,13 +348,13 @@ class NixKernelSpecManager(KernelSpecManager):
                 NixSource.flake_shell(project, "default"), self.nix_args
             ).args
             try:
-                names = nix.flake_shell_names(nix_path, project, current_system(), extra_args=flags)
+                # Remembered with the files the evaluation read; a failure as no names, with no
+                # retry until the flake's files change.
+                cache.evaluate_flake_shells(project, nix_path, flags)
             except nix.NixKernelError as exc:
                 self.log.warning(
                     "nixkernel: cannot list the devShells of %s: %s", project, exc.message
                 )
-                names = []  # remembered for these flake files: no retry until they change
-            cache.store_flake_shells(project, names)
             learnt = True
         return learnt
 

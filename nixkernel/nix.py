@@ -36,6 +36,14 @@ def nix_command(nix: str, *args: str) -> list[str]:
     return [nix, *EXPERIMENTAL_FEATURES, *args]
 
 
+#: ``copied source 'PATH' -> 'STORE'`` (a path coerced to a string: ``"${./dir}"``), all versions.
+_COPIED_SOURCE = re.compile(r"^copied source '(.+)' -> '(/nix/store/[^']+)'$")
+#: A local tree copied for a fetcher or ``builtins.path``: ``copying 'P'...`` (2.8, a path
+#: flake), ``copying '"P"' to the store...`` (2.26), ``copying "P" to the store...`` (2.34).
+_COPYING = re.compile(r"^copying (['\"].+['\"])(?: to the store)?\.\.\.$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 class NixKernelError(Exception):
     """An error a user can act on: what failed, where, and how to fix it."""
 
@@ -75,6 +83,55 @@ class DevEnv(NamedTuple):
     derivations: tuple[tuple[str, str], ...] = ()
     """``(name, .drv path)`` of each derivation the evaluation wrote, in order, from ``-vv``
     (``instantiated 'NAME' -> '/nix/store/...drv'``): the shell's own is the last of its name."""
+    copied: tuple[tuple[str, str], ...] = ()
+    """Local paths the evaluation copied into the store, each with its store path when Nix
+    names it (``copied source``) or ``""`` (``copying '...'``)."""
+
+
+class EvaluationLog(NamedTuple):
+    """What an evaluation's verbose log says it read (see :func:`read_evaluation_log`)."""
+
+    evaluated_files: tuple[str, ...]
+    copied: tuple[tuple[str, str], ...]
+    derivations: tuple[tuple[str, str], ...] = ()
+
+
+def read_evaluation_log(lines: list[str]) -> EvaluationLog:
+    """The files and trees an evaluation read, from Nix's verbose stderr.
+
+    ``evaluating file 'P'`` names each Nix file parsed (Nix: talkative, shown by ``-vv``; Lix
+    >= 2.90: debug, see :func:`evaluation_log_flags`). P is a store copy for a flake's files on
+    Nix 2.8 / 2.26 and Lix, the repository's own path on 2.34. ``copied source`` and
+    ``copying`` name local paths copied into the store (``"${./dir}"``, ``builtins.path``,
+    ``getFlake``/``fetchTree`` of a local directory). Internal files (``<nix/...>``,
+    ``«nix-internal»/...``) are left out: only absolute paths are kept.
+    """
+    evaluated: dict[str, None] = {}
+    copied: dict[tuple[str, str], None] = {}
+    derivations: list[tuple[str, str]] = []
+    for raw in lines:
+        line = _ANSI.sub("", raw).strip()
+        match = _EVALUATING.match(line)
+        if match:
+            if match.group(1).startswith("/"):
+                evaluated[match.group(1)] = None
+            continue
+        match = _INSTANTIATED.match(line)
+        if match:
+            derivations.append((match.group(1), match.group(2)))
+            continue
+        match = _COPIED_SOURCE.match(line)
+        if match:
+            copied[(match.group(1), match.group(2))] = None
+            continue
+        match = _COPYING.match(line)
+        if match:
+            path = match.group(1)
+            while len(path) >= 2 and path[0] == path[-1] and path[0] in "'\"":
+                path = path[1:-1]
+            if path.startswith("/") and not path.startswith("/nix/store/"):
+                copied[(path.rstrip("/") or "/", "")] = None
+    return EvaluationLog(tuple(evaluated), tuple(copied), tuple(derivations))
 
 
 def find_nix(configured: str | None = None) -> str:
@@ -166,33 +223,60 @@ def version_numbers(version: str) -> tuple[int, ...]:
     return tuple(int(n) for n in match.group(0).split(".")) if match else ()
 
 
-#: ``nix --version`` per installation (:func:`nix_identity`): an evaluation asks more than once.
-_RELEASES: dict[str, NixRelease] = {}
+#: ``nix --version``'s output per installation (:func:`nix_identity`): an evaluation asks more
+#: than once (the cache entry, nix-shell's rules, the log flags).
+_VERSION_TEXTS: dict[str, str] = {}
 
 
-def nix_release(nix: str) -> NixRelease:
-    """What ``nix --version`` says, run once per Nix installation and process (misses only: a
-    cached environment is used without asking)."""
+def nix_version_text(nix: str) -> str:
+    """``nix --version``'s line (``nix (Nix) 2.8.0``, ``nix (Lix, like Nix) 2.91.1``), run once
+    per installation in this process (misses only: a cached environment is used without asking);
+    ``""`` if it cannot run (its caller then fails clearly)."""
     identity = nix_identity(nix)
-    release = _RELEASES.get(identity)
-    if release is None:
+    if identity not in _VERSION_TEXTS:
         import subprocess
 
         try:
             out = subprocess.run(
                 [nix, "--version"], capture_output=True, text=True, timeout=30, check=True
             ).stdout
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise NixNotFoundError(
-                f"{nix} could not report its version: {exc}",
-                hint="Check that this Nix installation works: run `nix --version` in a terminal.",
-            ) from exc
-        release = _RELEASES[identity] = parse_release(out)
-    return release
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        _VERSION_TEXTS[identity] = out.strip()
+    return _VERSION_TEXTS[identity]
+
+
+def nix_release(nix: str) -> NixRelease:
+    """What ``nix --version`` says (see :func:`nix_version_text`)."""
+    text = nix_version_text(nix)
+    if not text:
+        raise NixNotFoundError(
+            f"{nix} could not report its version (`{nix} --version` failed).",
+            hint="Check that this Nix installation works: run `nix --version` in a terminal.",
+        )
+    return parse_release(text)
 
 
 def nix_version(nix: str) -> str:
     return nix_release(nix).version
+
+
+def is_lix(version_text: str) -> bool:
+    return parse_release(version_text).is_lix
+
+
+def evaluation_log_flags(version_text: str) -> list[str]:
+    """The flags that make Nix name every file an evaluation reads.
+
+    Nix logs ``evaluating file`` at talkative level (2.8 ``src/libexpr/eval.cc`` and 2.34
+    ``printTalkative``): ``-vv`` shows it. Lix moved it to debug level (commit 076c19e0d,
+    "change 'evaluating file' logs to debug", first in 2.90.0): there ``--debug``. And a flake
+    attribute served by Nix's evaluation cache (setting ``eval-cache``: 2.8 uses it on a dirty
+    tree too, 2.26 and 2.34 on a clean one) evaluates no file, so logs none: it is turned off
+    for the miss that records them.
+    """
+    verbosity = ["--debug"] if is_lix(version_text) else ["-vv"]
+    return [*verbosity, "--option", "eval-cache", "false"]
 
 
 def git_toplevel(directory: str) -> str | None:
@@ -353,14 +437,15 @@ def print_dev_env(
     argv = nix_command(nix, "print-dev-env", "--json")
     if profile:
         argv += ["--profile", profile]
-    if not source.is_flake:
-        argv += ["-vv"]
+    log_flags = evaluation_log_flags(nix_version_text(nix))
+    argv += log_flags
     argv += nix_shell_semantics(nix, source)
     argv += [*source.installable_args(), *source.args]
     env = _evaluation_environment(source, env)
+    debug = "--debug" in log_flags
 
     def relay(line: str) -> None:
-        if on_line is not None and not _is_chatter(line):
+        if on_line is not None and not _is_chatter(line) and (not debug or _is_notice(line)):
             on_line(line)
 
     status, stdout, lines = _run_streaming(argv, env, relay)
@@ -375,15 +460,13 @@ def print_dev_env(
             f"`{' '.join(argv)}` printed output nixkernel cannot read ({exc}).",
             hint="Check that this Nix supports `nix print-dev-env --json` (Nix 2.4 or newer).",
         ) from exc
-    evaluated = []
-    derivations = []
-    for line in lines:
-        match = _EVALUATING.match(line.strip())
-        if match:
-            evaluated.append(match.group(1))
-        elif match := _INSTANTIATED.match(line.strip()):
-            derivations.append((match.group(1), match.group(2)))
-    return DevEnv(data=data, evaluated_files=tuple(evaluated), derivations=tuple(derivations))
+    log = read_evaluation_log(lines)
+    return DevEnv(
+        data=data,
+        evaluated_files=log.evaluated_files,
+        derivations=log.derivations,
+        copied=log.copied,
+    )
 
 
 def nix_shell_semantics(nix: str, source: NixSource) -> list[str]:
@@ -409,12 +492,24 @@ def flake_shell_names(
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs); none
     when it has no ``devShells.<system>``."""
+    return flake_shell_names_logged(nix, directory, system, env, extra_args)[0]
+
+
+def flake_shell_names_logged(
+    nix: str,
+    directory: str,
+    system: str,
+    env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> tuple[list[str], EvaluationLog]:
+    """:func:`flake_shell_names`, and what the evaluation read (to know when to ask again)."""
     import subprocess
 
     check_flake_path(directory, nix)
     argv = nix_command(
         nix, "eval", "--json", f"{directory}#devShells.{system}",
         "--apply", "builtins.attrNames", *extra_args,
+        *evaluation_log_flags(nix_version_text(nix)),
     )  # fmt: skip
     try:
         out = subprocess.run(
@@ -433,7 +528,74 @@ def flake_shell_names(
             out.returncode,
         )
     names = json.loads(out.stdout)
-    return [str(n) for n in names] if isinstance(names, list) else []
+    log = read_evaluation_log(out.stderr.splitlines())
+    return ([str(n) for n in names] if isinstance(names, list) else []), log
+
+
+def search_path(nix: str, env: dict[str, str] | None = None) -> list[str]:
+    """The paths of Nix's search path for ``<name>`` lookups, as this Nix puts it together from
+    ``NIX_PATH``, nix.conf's ``nix-path`` and its default channel links (``builtins.nixPath``);
+    empty if Nix cannot say."""
+    import subprocess
+
+    argv = [
+        nix, "eval", "--extra-experimental-features", "nix-command", "--impure", "--json",
+        "--expr", "map (e: e.path) builtins.nixPath",
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60
+        )
+        paths = json.loads(out.stdout) if out.returncode == 0 else []
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+
+def flake_input_paths(nix: str, ref: str, env: dict[str, str] | None = None) -> list[str]:
+    """The store paths of a flake's inputs, fetched if need be (``nix flake archive --json``, as
+    nix-direnv does; the flake's own source is left out). Empty if Nix cannot say."""
+    import subprocess
+
+    argv = [
+        nix, "flake", "archive", "--json", "--no-write-lock-file",
+        "--extra-experimental-features", "nix-command flakes", ref,
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        )
+        tree = json.loads(out.stdout) if out.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    found: dict[str, None] = {}
+
+    def walk(node: object) -> None:
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        for child in inputs.values() if isinstance(inputs, dict) else ():
+            if isinstance(child, dict) and isinstance(child.get("path"), str):
+                found[child["path"]] = None
+            walk(child)
+
+    walk(tree)
+    return list(found)
+
+
+def add_gc_roots(nix: str, paths: list[str], link: str, env: dict[str, str] | None = None) -> bool:
+    """Make ``link``, ``link-1``, ... GC roots of ``paths`` (``nix build --out-link``: indirect
+    roots, which an ordinary user can make through the daemon). Whether it worked."""
+    import subprocess
+
+    argv = [
+        nix, "build", "--extra-experimental-features", "nix-command", "--out-link", link, *paths,
+    ]  # fmt: skip
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
 
 
 def _is_chatter(line: str) -> bool:
@@ -441,6 +603,19 @@ def _is_chatter(line: str) -> bool:
     return stripped.startswith(
         ("evaluating file ", "instantiated ", "copied source ", "performing daemon")
     ) or (stripped.startswith(("executing builder", "using builder args", "added input ")))
+
+
+#: What Nix shows at its default verbosity, told apart from ``--debug`` output (Lix): progress
+#: lines relayed to the user. Debug lines (``acquiring write lock``, ``checking access``...) are
+#: still kept for :func:`explain_failure`.
+_NOTICE_PREFIXES = (
+    "error", "warning", "trace:", "building ", "copying path ", "these ", "this ",
+    "fetching ", "unpacking ", "downloading ", "evaluation warning", " ", "\t", "…",
+)  # fmt: skip
+
+
+def _is_notice(line: str) -> bool:
+    return _ANSI.sub("", line).startswith(_NOTICE_PREFIXES)
 
 
 def explain_failure(source: NixSource, stderr_lines: list[str], status: int) -> NixEvaluationError:

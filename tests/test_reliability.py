@@ -494,6 +494,7 @@ TAMPERED: dict[str, Callable[[dict], str]] = {
     "rc not a string": lambda e: json.dumps({**e, "rc": ["rm -rf /"]}),
     "store_paths a string": lambda e: json.dumps({**e, "store_paths": "/nix/store"}),
     "inputs a list": lambda e: json.dumps({**e, "key": {**e["key"], "inputs": []}}),
+    "search path a list": lambda e: json.dumps({**e, "key": {**e["key"], "search_path": []}}),
 }
 
 
