@@ -521,7 +521,7 @@ def flake_shell_names_logged(
         if "does not provide attribute" in out.stderr:
             # No devShells for this system (a legacy devShell.<system>, or only packages): the
             # flake's one kernel is its default, which `nix develop` finds on its own.
-            return []
+            return [], read_evaluation_log(out.stderr.splitlines())
         raise explain_failure(
             NixSource("flake", directory, f"devShells.{system}"),
             out.stderr.splitlines(),
