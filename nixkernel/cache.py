@@ -7,6 +7,9 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
                             and the key it was made under (inputs, system, Nix, NIX_PATH)
         profile -> profile-N-link -> /nix/store/...-env     the GC root (nix --profile)
         lock                held while one launcher evaluates; the others wait and reuse
+    <root>/flake-shells/    the devShell names of each flake, for its flake.nix and flake.lock
+    <root>/listings/        the kernel names the server's last scan found (per project_dirs),
+                            so a kernel can start before the next server's first scan ends
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
 ``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, and every file a
@@ -357,6 +360,30 @@ class EnvironmentCache:
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
         write_json_atomically(path, {"stamp": self._flake_stamp(project), "names": names})
+
+    # -- the last listing ------------------------------------------------------------------------
+
+    def _listing_file(self, roots: list[str]) -> str:
+        absolute = sorted(os.path.abspath(os.path.expanduser(r)) for r in roots)
+        digest = hashlib.sha256(json.dumps(absolute).encode()).hexdigest()[:16]
+        return os.path.join(self.root, "listings", f"{digest}.json")
+
+    def last_listing(self, roots: list[str]) -> dict[str, str]:
+        """What the last scan of ``roots`` found: kernel name -> project directory ({} if
+        unknown). A hint only: the manager describes a project afresh before trusting it."""
+        try:
+            with open(self._listing_file(roots), encoding="utf-8") as f:
+                kernels = json.load(f)["kernels"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        if not isinstance(kernels, dict):
+            return {}
+        return {k: v for k, v in kernels.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def store_listing(self, roots: list[str], kernels: Mapping[str, str]) -> None:
+        path = self._listing_file(roots)
+        self._make_private_dir(os.path.dirname(path))
+        write_json_atomically(path, {"kernels": dict(kernels)})
 
 
 def write_json_atomically(

@@ -10,12 +10,13 @@ Standard library only: the launcher imports this module on every kernel start, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .describe import NixSource
 from .environment import which
@@ -50,6 +51,10 @@ class NixNotFoundError(NixKernelError):
 
 class NixEvaluationError(NixKernelError):
     pass
+
+
+class NixTimeoutError(NixEvaluationError):
+    """Nix did not finish in time (and was stopped): not a verdict on the Nix files."""
 
 
 class DevEnv(NamedTuple):
@@ -268,9 +273,18 @@ def print_dev_env(
 
 
 def flake_shell_names(
-    nix: str, directory: str, system: str, env: dict[str, str] | None = None
+    nix: str,
+    directory: str,
+    system: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 600.0,
+    started: Callable[[Any], None] | None = None,
 ) -> list[str]:
-    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs)."""
+    """The devShell names a flake defines for ``system`` (evaluates the flake's outputs).
+
+    Nix runs in a process group of its own, killed whole (SIGKILL: a Nix blocked in a download
+    ignores SIGTERM) when ``timeout`` seconds pass, which raises :class:`NixTimeoutError`.
+    ``started`` gets the ``Popen`` as soon as Nix runs, so a caller can kill its group sooner."""
     import subprocess
 
     check_flake_path(directory)
@@ -279,19 +293,53 @@ def flake_shell_names(
         "--apply", "builtins.attrNames",
     ]  # fmt: skip
     try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            errors="replace",
+            start_new_session=True,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         raise NixEvaluationError(f"Could not run {argv[0]}: {exc}") from exc
-    if out.returncode != 0:
+    try:
+        if started is not None:
+            started(proc)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
+        raise NixTimeoutError(
+            f"Listing the devShells of the flake {directory} took longer than {timeout:g} s, "
+            "so nixkernel stopped it; until it succeeds, the flake offers its default shell.",
+            hint=f"Check that `{' '.join(argv)}` finishes in a terminal, or raise "
+            "c.NixKernelSpecManager.flake_shells_timeout. nixkernel tries again when the "
+            "flake's files change or the server restarts.",
+        ) from None
+    except BaseException:
+        kill_process_group(proc)
+        raise
+    if proc.returncode != 0:
         raise explain_failure(
             NixSource("flake", directory, f"devShells.{system}"),
-            out.stderr.splitlines(),
-            out.returncode,
+            stderr.splitlines(),
+            proc.returncode,
         )
-    names = json.loads(out.stdout)
+    names = json.loads(stdout)
     return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def kill_process_group(proc: Any) -> None:
+    """Kill ``proc`` (started with ``start_new_session``) and everything it started, then reap
+    it. Killing only Nix could leave a child holding its pipes open."""
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.communicate()
 
 
 def _is_chatter(line: str) -> bool:

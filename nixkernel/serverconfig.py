@@ -239,6 +239,9 @@ EXAMPLE_VALUES = {
     "project_kernel": "True",
     "discover_flake_shells": "True",
     "refresh_interval": "30.0",
+    "first_scan_wait": "2.0",
+    "flake_shells_timeout": "60.0",
+    "flake_shells_jobs": "2",
     "warm_on_start": "True",
 }
 
