@@ -13,7 +13,8 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 
 ## Directories searched for projects (flake.nix, shell.nix, .venv). Default: the Jupyter server's
 ## root directory (outside the server: c.ServerApp.root_dir if configured, else the current
-## directory).
+## directory). A path that is not a directory is an error; a directory that does not exist only a
+## warning (it is searched once it exists).
 ## Type: List. Default: computed, see above.
 # c.NixKernelSpecManager.project_dirs = ["~/projects", "~/work"]
 
@@ -73,6 +74,23 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 ## next listing after that, without restarting the server.
 ## Type: Float. Default: 30.0.
 # c.NixKernelSpecManager.refresh_interval = 30.0
+
+## Seconds a kernel start may wait for the server's first scan of project_dirs, for a kernel name
+## the last listing (kept in cache_dir) does not have. The server asks for a kernel's spec on its
+## event loop, which stops everything else while it waits; known names, the project-following
+## kernel and the ordinary kernelspecs never wait.
+## Type: Float. Default: 2.0.
+# c.NixKernelSpecManager.first_scan_wait = 2.0
+
+## Seconds `nix eval` may take to list one flake's devShells; then it is stopped and the flake
+## offers its default shell until its files change or the server restarts. The listing never waits
+## for it: JupyterLab polls it about once a minute.
+## Type: Float. Default: 60.0.
+# c.NixKernelSpecManager.flake_shells_timeout = 60.0
+
+## How many flakes' devShell names are evaluated at the same time, in the background.
+## Type: Int. Default: 2.
+# c.NixKernelSpecManager.flake_shells_jobs = 2
 
 ## When the server starts, evaluate the environments whose cache is stale or missing, two at a time
 ## on a background thread (never on the event loop), so the first kernel start of the day does not

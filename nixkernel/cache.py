@@ -14,6 +14,9 @@ Each Nix source (a flake devShell, a Nix file) has a *slot* directory under the 
         bash -> /nix/store/...-bash-interactive   nix-shell's bash (shell.nix, with <nixpkgs>)
         lock                held while one launcher evaluates; the others wait and reuse
         flake-input, flake-input-N -> /nix/store/...-source    GC roots of a flake's inputs
+    <root>/flake-shells/    the devShell names of each flake, for its flake.nix and flake.lock
+    <root>/listings/        the kernel names the server's last scan found (per project_dirs),
+                            so a kernel can start before the next server's first scan ends
 
 An entry is *fresh* when its key still matches: the content of every input file (``flake.nix``,
 ``flake.lock``, ``shell.nix``, ``default.nix``, every ``*.nix`` in the project, its manifests,
@@ -38,7 +41,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import inputs, nix
 from .describe import NixSource, current_system, slugify
@@ -454,7 +457,13 @@ class EnvironmentCache:
         return None
 
     def evaluate_flake_shells(
-        self, project: str, nix_path: str, extra_args: Sequence[str] = ()
+        self,
+        project: str,
+        nix_path: str,
+        extra_args: Sequence[str] = (),
+        timeout: float = 600.0,
+        started: Callable[[Any], None] | None = None,
+        remember_failure: Callable[[], bool] = lambda: True,
     ) -> list[str]:
         """Ask Nix for the flake's devShell names and remember them with the files the
         evaluation read (hashed before it ran). A failure is remembered as no names, until the
@@ -464,10 +473,13 @@ class EnvironmentCache:
         before = {path: file_digest(path) for path in known}
         try:
             names, log = nix.flake_shell_names_logged(
-                nix_path, project, current_system(), extra_args=extra_args
+                nix_path, project, current_system(), None, extra_args, timeout, started
             )
+        except nix.NixTimeoutError:
+            raise  # no verdict on the flake: its caller decides when to ask again
         except nix.NixKernelError:
-            self.store_flake_shells(project, [], known, before, started_ns)
+            if remember_failure():
+                self.store_flake_shells(project, [], known, before, started_ns)
             raise
         read = inputs.evaluation_inputs(
             log.evaluated_files, log.copied, _roots(NixSource("flake", project))
@@ -497,6 +509,30 @@ class EnvironmentCache:
         path = self._shells_file(project)
         self._make_private_dir(os.path.dirname(path))
         write_json_atomically(path, data)
+
+    # -- the last listing ------------------------------------------------------------------------
+
+    def _listing_file(self, roots: list[str]) -> str:
+        absolute = sorted(os.path.abspath(os.path.expanduser(r)) for r in roots)
+        digest = hashlib.sha256(json.dumps(absolute).encode()).hexdigest()[:16]
+        return os.path.join(self.root, "listings", f"{digest}.json")
+
+    def last_listing(self, roots: list[str]) -> dict[str, str]:
+        """What the last scan of ``roots`` found: kernel name -> project directory ({} if
+        unknown). A hint only: the manager describes a project afresh before trusting it."""
+        try:
+            with open(self._listing_file(roots), encoding="utf-8") as f:
+                kernels = json.load(f)["kernels"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        if not isinstance(kernels, dict):
+            return {}
+        return {k: v for k, v in kernels.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def store_listing(self, roots: list[str], kernels: Mapping[str, str]) -> None:
+        path = self._listing_file(roots)
+        self._make_private_dir(os.path.dirname(path))
+        write_json_atomically(path, {"kernels": dict(kernels)})
 
 
 def write_json_atomically(

@@ -130,6 +130,25 @@ def discover(roots: list[str], max_depth: int = 3) -> list[Project]:
     return sorted(found.values(), key=lambda p: p.path)
 
 
+def within_reach(path: str, roots: list[str], max_depth: int) -> bool:
+    """Whether :func:`discover` can find a project at ``path`` (named as it names projects):
+    at most ``max_depth`` levels below one of ``roots``, through no pruned directory and no
+    virtualenv. Costs a stat per level, not a walk."""
+    path = os.path.abspath(path)
+    for root in roots:
+        root = os.path.abspath(os.path.expanduser(root))
+        relative = os.path.relpath(path, root)
+        parts = [] if relative == os.curdir else relative.split(os.sep)
+        if os.pardir in parts[:1] or len(parts) > max_depth:
+            continue
+        if any(is_pruned(part) for part in parts):
+            continue
+        below = [os.path.join(root, *parts[: i + 1]) for i in range(len(parts))]
+        if not any(is_virtualenv(directory) for directory in below):
+            return True
+    return False
+
+
 def find_enclosing_project(start: str, stop_at: str | None = None) -> Project | None:
     """The nearest project at or above ``start``: used by the project-following kernel.
 

@@ -14,6 +14,7 @@ or missing on a background thread, so the first kernel start of the day does not
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from .kernelspec import NixKernelSpecManager
 
 MANAGER_CLASS = "nixkernel.kernelspec.NixKernelSpecManager"
+
+#: Seconds the server's shutdown waits for nixkernel's background threads (a scan under way).
+STOP_TIMEOUT = 10.0
 
 #: Environments evaluated at the same time when warming: Nix is CPU- and IO-heavy, and the
 #: server (and the user's first kernel) must stay responsive meanwhile.
@@ -145,7 +149,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     manager = serverapp.kernel_spec_manager
     if not isinstance(manager, NixKernelSpecManager):
         return
-    manager.start_background_refresh()
+    manager.start_background_refresh()  # stops with the server: see stop_with_server
     serverapp.log.info("nixkernel: looking for projects under %s", ", ".join(manager.project_dirs))
     # Its own logger under the server's (shown as "ServerApp.nixkernel"): the report comes from a
     # background thread, after the start-up lines, and can be filtered on its own.
@@ -208,6 +212,26 @@ def start_report(manager: NixKernelSpecManager, log: Any) -> threading.Thread:
     thread = threading.Thread(target=run, name="nixkernel-report", daemon=True)
     thread.start()
     return thread
+
+
+def stop_with_server(serverapp: Any, manager: NixKernelSpecManager) -> None:
+    """Stop the manager's background threads when the server stops (the manager calls this
+    when it starts them under a server, whether or not the extension selected it).
+
+    jupyter_server (2.x) calls no unload hook of a module extension: only ``ExtensionApp``
+    extensions get ``stop_extension()``. Its clean-up (``ServerApp.stop``, and pytest-jupyter's
+    teardown) does call ``cleanup_extensions()``, "the shutdown hooks in all extensions": this
+    server's own method is wrapped so that nixkernel's hook runs there too."""
+    original = serverapp.cleanup_extensions
+
+    async def cleanup_extensions() -> None:
+        try:
+            # Joining waits for a scan under way: on a worker thread, not the event loop.
+            await asyncio.to_thread(manager.stop_background_refresh, STOP_TIMEOUT)
+        finally:
+            await original()
+
+    serverapp.cleanup_extensions = cleanup_extensions
 
 
 # -- warming the cache -------------------------------------------------------------------------

@@ -1,24 +1,34 @@
 """The KernelSpecManager: nixkernel's kernels, as jupyter_server and JupyterLab see them.
 
 :class:`NixKernelSpecManager` discovers projects under :attr:`~NixKernelSpecManager.project_dirs`
-on a background thread, keeps the resulting kernelspecs in memory and answers every listing and
-``get_kernel_spec`` from there: the server's event loop never waits on a directory walk or on
-Nix. The ordinary kernelspecs (``python3``...) stay available unless turned off.
+on a background thread (``nixkernel-refresh``), publishes each scan's kernelspecs as one
+immutable snapshot and answers every listing and ``get_kernel_spec`` from it: the server's event
+loop never waits on a directory walk or on Nix. Before the first scan ends, a kernel start is
+answered from the last listing (kept in the cache directory), its project described afresh;
+other names wait at most ``first_scan_wait``. Flakes' devShell names are learnt apart
+(``nixkernel-shells``: ``nix eval``, a few at a time, each bounded by ``flake_shells_timeout``),
+so a slow flake never holds up a re-scan. The server extension stops both threads when the
+server stops. The ordinary kernelspecs (``python3``...) stay available unless turned off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 import threading
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import platformdirs
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from . import interpreter, kernels, nix, projectargs
 from .cache import EnvironmentCache
@@ -32,7 +42,7 @@ from .describe import (
     NixSource,
     describe,
 )
-from .discovery import discover
+from .discovery import discover, project_at, within_reach
 from .launch import MODE_CACHED, target_source
 
 RESOURCES = str(Path(__file__).parent / "resources")
@@ -92,10 +102,37 @@ def without_python_problem(target: KernelTarget, cache: EnvironmentCache) -> Ker
     return target._replace(problem=NO_PYTHON_PROBLEM)
 
 
+def flake_files_stamp(project: str) -> list:
+    """flake.nix's and flake.lock's size and mtime: whether a flake changed since a timeout."""
+    stamp: list = []
+    for name in ("flake.nix", "flake.lock"):
+        try:
+            st = os.stat(os.path.join(project, name))
+            stamp.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamp.append(None)
+    return stamp
+
+
 NO_PYTHON_PROBLEM = (
     "The shell has no Python: no python3 on its PATH (as last evaluated), so it cannot run a "
     f"Python kernel. To fix it, {interpreter.NO_PYTHON_HINT}."
 )
+
+
+class Snapshot(NamedTuple):
+    """One scan's result, published whole by a single assignment and never changed after:
+    a reader takes ``manager._snapshot`` once and sees one consistent listing, with no lock."""
+
+    discovered: tuple[KernelTarget, ...]
+    """The kernels the scan found (the project-following kernel is not one of them)."""
+    kernels: Mapping[str, KernelTarget]
+    """nixkernel's kernels by name, the project-following kernel included."""
+    listing: Mapping[str, dict[str, Any]]
+    """Their get_all_specs() entries, built once per scan."""
+
+
+EMPTY = Snapshot((), MappingProxyType({}), MappingProxyType({}))
 
 
 class NixKernelSpecManager(KernelSpecManager):
@@ -106,7 +143,8 @@ class NixKernelSpecManager(KernelSpecManager):
         Unicode(),
         help="""Directories searched for projects (flake.nix, shell.nix, .venv).
         Default: the Jupyter server's root directory (outside the server: c.ServerApp.root_dir
-        if configured, else the current directory).""",
+        if configured, else the current directory). A path that is not a directory is an error;
+        a directory that does not exist only a warning (it is searched once it exists).""",
     ).tag(config=True)
 
     max_depth = Int(
@@ -189,6 +227,26 @@ class NixKernelSpecManager(KernelSpecManager):
         shows up in the next listing after that, without restarting the server.""",
     ).tag(config=True)
 
+    first_scan_wait = Float(
+        2.0,
+        help="""Seconds a kernel start may wait for the server's first scan of project_dirs,
+        for a kernel name the last listing (kept in cache_dir) does not have. The server asks
+        for a kernel's spec on its event loop, which stops everything else while it waits;
+        known names, the project-following kernel and the ordinary kernelspecs never wait.""",
+    ).tag(config=True)
+
+    flake_shells_timeout = Float(
+        60.0,
+        help="""Seconds `nix eval` may take to list one flake's devShells; then it is stopped
+        and the flake offers its default shell until its files change or the server restarts.
+        The listing never waits for it: JupyterLab polls it about once a minute.""",
+    ).tag(config=True)
+
+    flake_shells_jobs = Int(
+        2,
+        help="How many flakes' devShell names are evaluated at the same time, in the background.",
+    ).tag(config=True)
+
     warm_on_start = Bool(
         False,
         help="""When the server starts, evaluate the environments whose cache is stale or
@@ -232,16 +290,104 @@ class NixKernelSpecManager(KernelSpecManager):
     def _default_cache_dir(self) -> str:
         return os.environ.get("NIXKERNEL_CACHE_DIR") or platformdirs.user_cache_dir("nixkernel")
 
+    # -- validation: a wrong setting fails (or warns) where it is set, saying how to fix it -------
+
+    @validate("refresh_interval", "flake_shells_timeout")
+    def _positive_seconds(self, proposal: dict[str, Any]) -> float:
+        value, name = proposal["value"], proposal["trait"].name
+        if not value > 0:  # also refuses NaN
+            raise TraitError(
+                f"c.NixKernelSpecManager.{name} must be a number of seconds above 0, not {value!r}."
+            )
+        return value
+
+    @validate("first_scan_wait")
+    def _non_negative_seconds(self, proposal: dict[str, Any]) -> float:
+        value = proposal["value"]
+        if not value >= 0:
+            raise TraitError(
+                f"c.NixKernelSpecManager.first_scan_wait must be 0 or more seconds, not {value!r}."
+            )
+        return value
+
+    @validate("max_depth")
+    def _valid_depth(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(
+                f"c.NixKernelSpecManager.max_depth must be 0 (the project_dirs themselves) or "
+                f"more, not {proposal['value']}."
+            )
+        return proposal["value"]
+
+    @validate("flake_shells_jobs")
+    def _valid_jobs(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(
+                f"c.NixKernelSpecManager.flake_shells_jobs must be 1 or more, not "
+                f"{proposal['value']}."
+            )
+        return proposal["value"]
+
+    @validate("project_dirs")
+    def _valid_project_dirs(self, proposal: dict[str, Any]) -> list[str]:
+        """A path that is not a directory is an error. A missing directory is only a warning
+        (unlike nb_conda_kernels' kernelspec_path): one configuration often serves several
+        machines, and a directory on a removable or network drive comes back; the listing
+        picks it up when it does."""
+        for directory in proposal["value"]:
+            path = os.path.abspath(os.path.expanduser(directory)) if directory else ""
+            if not path or (os.path.exists(path) and not os.path.isdir(path)):
+                raise TraitError(
+                    f"c.NixKernelSpecManager.project_dirs: {directory!r} is not a directory. "
+                    "List directories that hold projects (e.g. ['~/projects'])."
+                )
+            if not os.path.exists(path):
+                self.log.warning(
+                    "nixkernel: project directory %s does not exist (yet): it offers no "
+                    "kernels until it does. Fix: create it, or remove it from "
+                    "c.NixKernelSpecManager.project_dirs.",
+                    path,
+                )
+        return proposal["value"]
+
+    @validate("cache_dir")
+    def _valid_cache_dir(self, proposal: dict[str, Any]) -> str:
+        path = os.path.expanduser(proposal["value"])
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise TraitError(
+                f"c.NixKernelSpecManager.cache_dir: {path} exists and is not a directory. "
+                "Point cache_dir at a directory (it is created if missing)."
+            )
+        return proposal["value"]
+
+    @validate("nix_executable")
+    def _valid_nix_executable(self, proposal: dict[str, Any]) -> str:
+        if proposal["value"]:
+            try:
+                nix.find_nix(proposal["value"])
+            except nix.NixNotFoundError as exc:
+                # Only a warning: Nix may be installed after the server starts, and every
+                # kernel of a missing Nix says the same in the notebook.
+                self.log.warning("nixkernel: %s %s", exc.message, exc.hint)
+        return proposal["value"]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._targets: dict[str, KernelTarget] = {}
-        self._own: dict[str, KernelTarget] = {}
-        self._listing: dict[str, dict[str, Any]] = {}
+        self._snapshot = EMPTY
         self._scanned = threading.Event()
         self._scan_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._entry_kernels = kernels.EntryIndex()
+        self._learner: threading.Thread | None = None
+        self._nix_running: set[Any] = set()  # `nix eval` processes, killed on stop
+        self._nix_lock = threading.Lock()
+        self._shells_timed_out: dict[str, list] = {}  # flake -> its files' stamp then
+        self._last_listing: dict[str, str] | None = None  # as in the cache directory
+        # The validator has warned about these already.
+        self._missing_dirs = [
+            d for d in self.project_dirs if not os.path.isdir(os.path.expanduser(d))
+        ]
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -291,18 +437,21 @@ class NixKernelSpecManager(KernelSpecManager):
         return resources_for(target)
 
     def refresh(self) -> list[KernelTarget]:
-        """Re-scan synchronously and replace the in-memory listing."""
+        """Re-scan synchronously and publish the new listing."""
         with self._scan_lock:
             targets = self.scan()
-            own = {t.name: t for t in targets}
-            if self.project_kernel:
-                own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
-            # Built once per scan: JupyterLab polls the listing every minute per tab.
-            listing = {name: self._listing_entry(name, t) for name, t in own.items()}
-            self._targets, self._own, self._listing = dict(own), own, listing
-            self._targets.pop(PROJECT_KERNEL_NAME, None)
+            self._snapshot = self._make_snapshot(targets)  # one assignment: old or new, whole
             self._scanned.set()
         return targets
+
+    def _make_snapshot(self, targets: list[KernelTarget]) -> Snapshot:
+        own = {t.name: t for t in targets}
+        if self.project_kernel:
+            own[PROJECT_KERNEL_NAME] = self.project_kernel_target()
+        # Built once per scan: JupyterLab polls the listing every minute per tab.
+        listing = {name: self._listing_entry(name, t) for name, t in own.items()}
+        discovered = tuple(t for name, t in own.items() if name != PROJECT_KERNEL_NAME)
+        return Snapshot(discovered, MappingProxyType(own), MappingProxyType(listing))
 
     def _listing_entry(self, name: str, target: KernelTarget) -> dict[str, Any]:
         """A get_all_specs() entry. Under a server it is also the REST model itself (``name``,
@@ -326,69 +475,211 @@ class NixKernelSpecManager(KernelSpecManager):
         return {"name": name, "spec": spec, "resources": resources}
 
     def targets(self) -> list[KernelTarget]:
-        """The discovered kernels (scanning first if nothing was scanned yet)."""
-        self._wait_for_scan()
-        return list(self._targets.values())
+        """The discovered kernels (waiting for the first scan: never call it on the event loop)."""
+        return list(self._wait_for_scan().discovered)
 
     def learn_flake_shells(self) -> bool:
-        """Evaluate the devShell names of flakes whose names are not cached. Slow (runs Nix):
-        only for the background thread and the command line. Returns whether any were learnt."""
+        """Evaluate the devShell names of flakes whose names are not cached, at most
+        ``flake_shells_jobs`` at a time, each for at most ``flake_shells_timeout`` seconds.
+        Slow (runs Nix): only for the background thread and the command line. Returns whether
+        any were learnt."""
         try:
             nix_path = nix.find_nix(self.nix_executable or None)
         except nix.NixNotFoundError:
             return False
-        cache, learnt = self.cache, False
-        projects = {t.project for t in self._targets.values() if t.kind == KIND_FLAKE}
-        for project in sorted(projects):
+        cache = self.cache
+        projects = {t.project for t in self._snapshot.discovered if t.kind == KIND_FLAKE}
+        todo = [
+            project
+            for project in sorted(projects)
+            if cache.flake_shells(project) is None
+            and self._shells_timed_out.get(project) != flake_files_stamp(project)
+        ]
+        learnt: list[str] = []
+        lock = threading.Lock()
+
+        def work() -> None:
+            while not self._stop.is_set():
+                with lock:
+                    if not todo:
+                        return
+                    project = todo.pop(0)
+                if self._learn_flake(nix_path, project):
+                    learnt.append(project)
+
+        workers = [
+            threading.Thread(target=work, name="nixkernel-shells", daemon=True)
+            for _ in range(min(self.flake_shells_jobs, len(todo)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return bool(learnt)
+
+    def _learn_flake(self, nix_path: str, project: str) -> bool:
+        """Learn one flake's devShell names and cache them (with the files the evaluation read,
+        and the project's Nix flags). Returns whether it did."""
+        stamp = flake_files_stamp(project)
+        flags = projectargs.with_project_args(
+            NixSource.flake_shell(project, "default"), self.nix_args
+        ).args
+        try:
+            self.cache.evaluate_flake_shells(
+                project,
+                nix_path,
+                flags,
+                timeout=self.flake_shells_timeout,
+                started=self._track_nix,
+                # A failure is remembered (no names until the flake's files change), unless
+                # stop_background_refresh killed Nix: that is not the flake's fault.
+                remember_failure=lambda: not self._stop.is_set(),
+            )
+        except nix.NixTimeoutError as exc:
+            if not self._stop.is_set():
+                self.log.warning("nixkernel: %s", exc)
+                # Remembered in memory only: a busy machine is no verdict on the flake.
+                self._shells_timed_out[project] = stamp
+            return False
+        except nix.NixKernelError as exc:
             if self._stop.is_set():
-                break
-            if cache.flake_shells(project) is not None:
-                continue
-            flags = projectargs.with_project_args(
-                NixSource.flake_shell(project, "default"), self.nix_args
-            ).args
-            try:
-                # Remembered with the files the evaluation read; a failure as no names, with no
-                # retry until the flake's files change.
-                cache.evaluate_flake_shells(project, nix_path, flags)
-            except nix.NixKernelError as exc:
-                self.log.warning(
-                    "nixkernel: cannot list the devShells of %s: %s", project, exc.message
-                )
-            learnt = True
-        return learnt
+                return False
+            self.log.warning("nixkernel: cannot list the devShells of %s: %s", project, exc.message)
+        finally:
+            with self._nix_lock:
+                self._nix_running = {p for p in self._nix_running if p.returncode is None}
+        return True
+
+    def _track_nix(self, proc: Any) -> None:
+        with self._nix_lock:
+            self._nix_running.add(proc)
+        if self._stop.is_set():
+            self._kill_nix()
+
+    def _kill_nix(self) -> None:
+        with self._nix_lock:
+            for proc in self._nix_running:
+                if proc.returncode is None:  # not reaped yet: its pid is still its own
+                    with contextlib.suppress(OSError):  # its own group: Nix and its children
+                        os.killpg(proc.pid, signal.SIGKILL)
 
     def start_background_refresh(self) -> None:
-        """Scan now and every refresh_interval seconds on a daemon thread."""
-        if self._thread is not None:
+        """Scan now and every refresh_interval seconds on a daemon thread, until
+        :meth:`stop_background_refresh` (the server extension calls it when the server stops).
+        """
+        if self._thread is not None or self._stop.is_set():
             return
         self._thread = threading.Thread(
-            target=self._refresh_loop, name="nixkernel-refresh", daemon=True
+            target=_refresh_loop,
+            args=(weakref.ref(self), self._stop),
+            name="nixkernel-refresh",
+            daemon=True,
         )
         self._thread.start()
+        if self._thread_allowed() and hasattr(self.parent, "cleanup_extensions"):
+            from .extension import stop_with_server
 
-    def stop_background_refresh(self) -> None:
+            stop_with_server(self.parent, self)
+
+    def stop_background_refresh(self, timeout: float | None = None) -> None:
+        """Stop re-scanning and learning devShell names, killing any `nix eval` under way.
+        With ``timeout``, wait up to that many seconds for the threads to end."""
         self._stop.set()
-
-    def _refresh_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-                if self.discover_flake_shells and self.learn_flake_shells():
-                    self.refresh()
-            except Exception:  # keep serving the last good listing
-                self.log.exception("nixkernel: scanning %s failed", self.project_dirs)
-                self._scanned.set()
-            self._stop.wait(self.refresh_interval)
-
-    def _wait_for_scan(self) -> None:
-        if self._scanned.is_set():
+        self._kill_nix()
+        if timeout is None:
             return
-        if not self._thread_allowed():
+        for thread in (self._thread, self._learner):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def _refresh_in_background(self) -> None:
+        """One turn of the refresh thread: scan and publish, remember the listing, and set
+        devShell names learning (apart: a slow flake never holds up the next scan)."""
+        self._warn_about_missing_dirs()
+        try:
             self.refresh()
+        except Exception:  # keep serving the last good listing
+            self.log.exception("nixkernel: scanning %s failed", self.project_dirs)
+            self._scanned.set()
+        else:
+            self._remember_listing(self._snapshot)
+        if self.discover_flake_shells and not self._stop.is_set():
+            learner = self._learner
+            if learner is None or not learner.is_alive():
+                self._learner = threading.Thread(
+                    target=self._learn_in_background, name="nixkernel-shells", daemon=True
+                )
+                self._learner.start()
+
+    def _learn_in_background(self) -> None:
+        try:
+            if self.learn_flake_shells() and not self._stop.is_set():
+                self.refresh()  # publish the new shells now, not at the next interval
+        except Exception:  # the listing goes on without them
+            self.log.exception("nixkernel: learning the devShells of flakes failed")
+
+    def _warn_about_missing_dirs(self) -> None:
+        """Say once (not at every scan) that a project directory is gone, and when it is back.
+        A missing directory costs one stat per scan."""
+        missing = [d for d in self.project_dirs if not os.path.isdir(os.path.expanduser(d))]
+        for directory in sorted(set(missing) - set(self._missing_dirs)):
+            self.log.warning(
+                "nixkernel: project directory %s does not exist (any more): no kernels from it "
+                "until it is back.",
+                directory,
+            )
+        self._missing_dirs = missing
+
+    def _remember_listing(self, snapshot: Snapshot) -> None:
+        """Keep the names the scan found in the cache directory, so that the next server can
+        start a kernel of a known name before its own first scan ends."""
+        kernels = {t.name: t.project for t in snapshot.discovered}
+        if kernels == self._recalled_listing():
             return
-        self.start_background_refresh()
-        self._scanned.wait()
+        try:
+            self.cache.store_listing(self.project_dirs, kernels)
+        except OSError as exc:  # a read-only cache costs only the early answer
+            self.log.warning(
+                "nixkernel: cannot remember the listing in %s: %s", self.cache_dir, exc
+            )
+        self._last_listing = kernels
+
+    def _recalled_listing(self) -> dict[str, str]:
+        if self._last_listing is None:
+            self._last_listing = self.cache.last_listing(self.project_dirs)
+        return self._last_listing
+
+    def _recall(self, name: str) -> KernelTarget | None:
+        """Kernel ``name`` as the last listing knew it, described afresh from its project's own
+        files (a few stats, not the walk): only if that project still offers it, where the
+        walk would find it. Kernel names come from notebooks; this one selects nothing that
+        discovery would not."""
+        project_dir = self._recalled_listing().get(name)
+        if project_dir is None or not within_reach(project_dir, self.project_dirs, self.max_depth):
+            return None
+        project = project_at(project_dir)
+        if project is None:
+            return None
+        shells = self.cache.flake_shells(project.path) if project.flake else None
+        library_shell = self.venv_library_shell or None
+        for target in describe(project, shells, self.include_venvs, library_shell):
+            if target.name == name:
+                return target
+        return None
+
+    def _wait_for_scan(self) -> Snapshot:
+        """The current snapshot, after the first scan (which this may wait for, unbounded)."""
+        if not self._scanned.is_set():
+            if self._thread_allowed() and not self._stop.is_set():
+                self.start_background_refresh()
+                self._scanned.wait()
+            else:
+                self.refresh()
+        return self._snapshot
+
+    def _first_scan_pending(self) -> bool:
+        """Whether a caller on the server's event loop would wait for the first scan now."""
+        return not self._scanned.is_set() and self._thread_allowed() and not self._stop.is_set()
 
     def _thread_allowed(self) -> bool:
         # Under a server, listings are served from memory and refreshed in the background;
@@ -524,9 +815,41 @@ class NixKernelSpecManager(KernelSpecManager):
             project="",
         )
 
-    def _own_targets(self) -> dict[str, KernelTarget]:
-        self._wait_for_scan()
-        return self._own
+    def _own_kernel(self, name: str) -> KernelTarget | None:
+        """nixkernel's kernel called ``name`` (lowercase), if any. Under a server, before the
+        first scan ends, it comes from the last listing, or waits at most first_scan_wait."""
+        if not self._first_scan_pending():
+            return self._wait_for_scan().kernels.get(name)
+        self.start_background_refresh()
+        if name == PROJECT_KERNEL_NAME:
+            return self.project_kernel_target() if self.project_kernel else None
+        target = self._recall(name)
+        if target is not None:
+            return target
+        if self.keep_native_kernels and name in super().find_kernel_specs():
+            return None  # an ordinary kernelspec: nothing to wait for
+        if self._scanned.wait(self.first_scan_wait):
+            return self._snapshot.kernels.get(name)
+        self.log.warning(
+            "nixkernel: no kernel %r in the last listing, and the first scan of %s has not "
+            "finished within %g s (c.NixKernelSpecManager.first_scan_wait): try again once the "
+            "kernel list shows it.",
+            name,
+            ", ".join(self.project_dirs),
+            self.first_scan_wait,
+        )
+        return None
+
+    def _own_names(self) -> list[str]:
+        """The names of nixkernel's kernels (before the first scan: at most first_scan_wait
+        later, else those of the last listing)."""
+        if not self._first_scan_pending():
+            return list(self._wait_for_scan().kernels)
+        self.start_background_refresh()
+        if self._scanned.wait(self.first_scan_wait):
+            return list(self._snapshot.kernels)
+        names = list(self._recalled_listing())
+        return [*names, PROJECT_KERNEL_NAME] if self.project_kernel else names
 
     def allowed(self, name: str) -> bool:
         """Whether ``allowed_kernelspecs`` (or the older ``whitelist``, which jupyter_client
@@ -536,8 +859,8 @@ class NixKernelSpecManager(KernelSpecManager):
 
     def find_kernel_specs(self) -> dict[str, str]:
         specs = super().find_kernel_specs() if self.keep_native_kernels else {}
-        own = self._own_targets()
-        specs.update({n: self.resource_dir_for(t) for n, t in own.items() if self.allowed(n)})
+        own = {n: self._own_kernel(n) for n in self._own_names() if self.allowed(n)}
+        specs.update({n: self.resource_dir_for(t) for n, t in own.items() if t is not None})
         return specs
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
@@ -546,7 +869,7 @@ class NixKernelSpecManager(KernelSpecManager):
         Only a name of a discovered environment (or a native kernelspec) is ever accepted: kernel
         names come from notebook metadata and must never choose what runs.
         """
-        target = self._own_targets().get(kernel_name.lower())
+        target = self._own_kernel(kernel_name.lower())
         if target is not None:
             if not self.allowed(target.name):
                 raise NoSuchKernel(kernel_name)
@@ -562,17 +885,16 @@ class NixKernelSpecManager(KernelSpecManager):
         listing instead (the server awaits it through ``ensure_async``), so that even the very
         first request waits on a worker thread, never on the event loop.
         """
-        if not self._scanned.is_set() and self._thread_allowed():
+        if self._first_scan_pending():
             self.start_background_refresh()
             return self._all_specs_after_first_scan()  # type: ignore[return-value]
-        self._wait_for_scan()
-        return self._all_specs()
+        return self._all_specs(self._wait_for_scan())
 
     async def _all_specs_after_first_scan(self) -> dict[str, dict[str, Any]]:
         await asyncio.to_thread(self._scanned.wait)
-        return self._all_specs()
+        return self._all_specs(self._snapshot)
 
-    def _all_specs(self) -> dict[str, dict[str, Any]]:
+    def _all_specs(self, snapshot: Snapshot) -> dict[str, dict[str, Any]]:
         if self._spec_methods_overridden():
             # As the stock manager does for subclasses: their own find_kernel_specs and
             # get_kernel_spec (and kernel_spec_class) decide what is listed.
@@ -586,10 +908,7 @@ class NixKernelSpecManager(KernelSpecManager):
                     self.log.warning("Error loading kernelspec %r", name, exc_info=True)
                     continue
                 specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
-        if self.allowed_kernelspecs:
-            specs.update({k: v for k, v in self._listing.items() if self.allowed(k)})
-        else:
-            specs.update(self._listing)
+        specs.update({k: v for k, v in snapshot.listing.items() if self.allowed(k)})
         return specs
 
     def _spec_methods_overridden(self) -> bool:
@@ -606,8 +925,22 @@ class NixKernelSpecManager(KernelSpecManager):
         )
 
     def remove_kernel_spec(self, name: str) -> str:
-        if name.lower() in self._own_targets():
+        if name.lower() in self._own_names():
             raise ValueError(
                 f"{name} is discovered by nixkernel, not installed: remove its project."
             )
         return super().remove_kernel_spec(name)
+
+
+def _refresh_loop(ref: weakref.ReferenceType[NixKernelSpecManager], stop: threading.Event) -> None:
+    """The ``nixkernel-refresh`` thread. Between scans it holds its manager only weakly, so a
+    manager dropped without being stopped (by an application that embeds a server) does not
+    keep a thread re-scanning for ever."""
+    while not stop.is_set():
+        manager = ref()
+        if manager is None:
+            return
+        manager._refresh_in_background()
+        interval = manager.refresh_interval
+        del manager
+        stop.wait(interval)

@@ -10,12 +10,13 @@ Standard library only: the launcher imports this module on every kernel start, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .describe import NixSource
 from .environment import which
@@ -71,6 +72,10 @@ class NixNotFoundError(NixKernelError):
 
 class NixEvaluationError(NixKernelError):
     pass
+
+
+class NixTimeoutError(NixEvaluationError):
+    """Nix did not finish in time (and was stopped): not a verdict on the Nix files."""
 
 
 class DevEnv(NamedTuple):
@@ -489,10 +494,12 @@ def flake_shell_names(
     system: str,
     env: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    timeout: float = 600.0,
+    started: Callable[[Any], None] | None = None,
 ) -> list[str]:
     """The devShell names a flake defines for ``system`` (evaluates the flake's outputs); none
     when it has no ``devShells.<system>``."""
-    return flake_shell_names_logged(nix, directory, system, env, extra_args)[0]
+    return flake_shell_names_logged(nix, directory, system, env, extra_args, timeout, started)[0]
 
 
 def flake_shell_names_logged(
@@ -501,8 +508,14 @@ def flake_shell_names_logged(
     system: str,
     env: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    timeout: float = 600.0,
+    started: Callable[[Any], None] | None = None,
 ) -> tuple[list[str], EvaluationLog]:
-    """:func:`flake_shell_names`, and what the evaluation read (to know when to ask again)."""
+    """:func:`flake_shell_names`, and what the evaluation read (to know when to ask again).
+
+    Nix runs in a process group of its own, killed whole (SIGKILL: a Nix blocked in a download
+    ignores SIGTERM) when ``timeout`` seconds pass, which raises :class:`NixTimeoutError`.
+    ``started`` gets the ``Popen`` as soon as Nix runs, so a caller can kill its group sooner."""
     import subprocess
 
     check_flake_path(directory, nix)
@@ -512,23 +525,46 @@ def flake_shell_names_logged(
         *evaluation_log_flags(nix_version_text(nix)),
     )  # fmt: skip
     try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            errors="replace",
+            start_new_session=True,
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
         raise NixEvaluationError(f"Could not run {argv[0]}: {exc}") from exc
-    if out.returncode != 0:
-        if "does not provide attribute" in out.stderr:
+    try:
+        if started is not None:
+            started(proc)
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_process_group(proc)
+        raise NixTimeoutError(
+            f"Listing the devShells of the flake {directory} took longer than {timeout:g} s, "
+            "so nixkernel stopped it; until it succeeds, the flake offers its default shell.",
+            hint=f"Check that `{' '.join(argv)}` finishes in a terminal, or raise "
+            "c.NixKernelSpecManager.flake_shells_timeout. nixkernel tries again when the "
+            "flake's files change or the server restarts.",
+        ) from None
+    except BaseException:
+        kill_process_group(proc)
+        raise
+    log = read_evaluation_log(stderr.splitlines())
+    if proc.returncode != 0:
+        if "does not provide attribute" in stderr:
             # No devShells for this system (a legacy devShell.<system>, or only packages): the
             # flake's one kernel is its default, which `nix develop` finds on its own.
-            return [], read_evaluation_log(out.stderr.splitlines())
+            return [], log
         raise explain_failure(
             NixSource("flake", directory, f"devShells.{system}"),
-            out.stderr.splitlines(),
-            out.returncode,
+            stderr.splitlines(),
+            proc.returncode,
         )
-    names = json.loads(out.stdout)
-    log = read_evaluation_log(out.stderr.splitlines())
+    names = json.loads(stdout)
     return ([str(n) for n in names] if isinstance(names, list) else []), log
 
 
@@ -596,6 +632,17 @@ def add_gc_roots(nix: str, paths: list[str], link: str, env: dict[str, str] | No
     except (OSError, subprocess.SubprocessError):
         return False
     return out.returncode == 0
+
+
+def kill_process_group(proc: Any) -> None:
+    """Kill ``proc`` (started with ``start_new_session``) and everything it started, then reap
+    it. Killing only Nix could leave a child holding its pipes open."""
+    import signal
+
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.communicate()
 
 
 def _is_chatter(line: str) -> bool:

@@ -131,7 +131,10 @@ def test_same_directory_name_in_two_places_gives_distinct_names(tmp_path: Path) 
 
 
 def test_name_depends_on_path_and_shell_only() -> None:
-    assert kernel_name("/p/api", "flake", "default") == kernel_name("/p/api", "flake", "default")
+    # Pinned values: notebooks store kernel names, so a change to how names are made (the
+    # hash's input, its length, the slug) would orphan every notebook that names one.
+    assert kernel_name("/p/api", "flake", "default") == "nix-api-flake-751d837a21"
+    assert kernel_name("/p/api", "shell.nix") == "nix-api-shell.nix-2a1ff837e0"
     assert kernel_name("/p/api", "flake", "docs") != kernel_name("/p/api", "flake", "default")
     assert kernel_name("/p/api", "flake") != kernel_name("/q/api", "flake")
     assert kernel_name("/p/api", "flake", "docs").startswith("nix-api-flake-docs-")

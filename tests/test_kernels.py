@@ -12,6 +12,8 @@ from pathlib import Path
 from conftest import running_kernel
 from nixprojects import DEFAULT_SHELL, PYTHON, write_flake, write_shell_nix
 
+from nixkernel.kernelspec import LAUNCHER
+
 PROBE = (
     "import os, shutil, json\n"
     "print(json.dumps({k: os.environ.get(k) for k in "
@@ -43,7 +45,10 @@ def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, 
     name = kernel_named(manager, "flake")
     spec = manager.get_kernel_spec(name)
     assert spec.display_name == "noahs-rug (flake)"
-    assert spec.argv[0] == os.path.realpath(spec.argv[0]) or os.path.isabs(spec.argv[0])
+    # The server's own interpreter, by absolute path (jupyter_client replaces only a bare
+    # `python`/`python3` with its sys.executable), running the launcher without site.
+    assert spec.argv[:3] == [sys.executable, "-S", LAUNCHER]
+    assert os.path.isabs(spec.argv[0])
 
     info = probe(kernel_runner(manager, name, PROBE, cwd=project))
 

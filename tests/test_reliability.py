@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import NoSuchKernel
 from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
@@ -253,36 +252,71 @@ def test_launcher_killed_during_evaluation_leaves_no_entry_and_next_start_works(
     assert not list(slot.glob(".entry-*.tmp"))
 
 
-def test_garbage_collection_keeps_the_rooted_environment_and_forgets_an_unrooted_one(
-    nix, counting_nix, projects, manager_factory, kernel_runner
-):
-    collect = require("nix-collect-garbage")
-    # A greeting of its own makes the environment a store path no other test's cache roots.
-    project = write_shell_nix(
-        projects / "collected", {**DEFAULT_SHELL, "GREETING": f"collected {projects}"}
+@pytest.fixture
+def private_store(nix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Nix store of the test's own (its URL), made the default store of every Nix the test
+    starts (through NIX_CONFIG, which launchers inherit)."""
+    base = tmp_path / "private-nix"
+    url = f"local?store={base}/store&state={base}/state&log={base}/log"
+    monkeypatch.setenv(
+        "NIX_CONFIG", os.environ["NIX_CONFIG"] + f"store = {url}\nbuild-users-group =\n"
     )
+    return url
+
+
+def test_garbage_collection_keeps_the_rooted_environment_and_forgets_an_unrooted_one(
+    nix, counting_nix, projects, manager_factory, kernel_runner, private_store, tmp_path
+):
+    """The garbage collector keeps a cached environment (its slot's ``profile`` is a GC root)
+    and, once the root is gone, takes it; the cache then evaluates again instead of trusting
+    the entry.
+
+    Only ever against a private store: collecting the machine's store would delete the
+    environments other tests (and other users) are using, and ``nix-collect-garbage -d`` also
+    deletes old generations of every profile in the global /nix/var/nix/profiles, whatever the
+    store. The store is ``local?store=D/store&state=D/state&log=D/log`` (checked offline with
+    Nix 2.8, 2.26 and 2.34): a store directory of its own, so builds need no sandbox (a chroot
+    store, ``local?root=D``, forces the sandbox, where mini.nix's /bin/bash builders fail), and
+    ``nix store gc --store URL`` collects only it. nixkernel's roots map there as on
+    /nix/store: ``print-dev-env --profile SLOT/profile`` links SLOT/profile -> profile-1-link ->
+    D/store/...-env and registers the link in D/state/gcroots/auto. The cache recognises store
+    paths in an entry's variables under /nix/store only (cache._STORE_PATH), so here liveness
+    rests on the profile's target alone: the path the root protects. ``build-users-group =``:
+    from Nix 2.30 a build as nixbld users refuses a build directory under world-writable /tmp
+    (checkNotWorldWritable, src/libstore/unix/build/derivation-builder.cc; the build directory
+    is D/state/builds)."""
+    project = write_shell_nix(projects / "collected", {**DEFAULT_SHELL, "GREETING": "collected"})
     manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
     name = only_name(manager)
     slot = slot_of(manager, name)
     source = manager.targets()[0].nix_source()
 
+    def collect() -> None:
+        # --store on the command line too: this never reaches the machine's store.
+        subprocess.run([nix, "store", "gc", "--store", private_store], check=True,
+                       capture_output=True)  # fmt: skip
+
     run = kernel_runner(manager, name, GREETING, project)
-    assert run.stdout.strip() == f"collected {projects}", run
+    assert run.stdout.strip() == "collected", run
+    environment = os.path.realpath(slot / "profile")
+    assert environment.startswith(f"{tmp_path}/private-nix/store/"), environment
     calls = len(counting_nix.calls())
-    subprocess.run([collect, "-d"], check=True, capture_output=True)
+    collect()
     # The GC root kept the environment: the second start does not run Nix at all.
+    assert os.path.exists(environment)
     assert manager.cache.inspect(source, counting_nix.path)[0] == "fresh"
     run = kernel_runner(manager, name, GREETING, project)
-    assert run.stdout.strip() == f"collected {projects}", run
+    assert run.stdout.strip() == "collected", run
     assert len(counting_nix.calls()) == calls, counting_nix.calls()
 
     # Without its GC root, the collector takes the environment: the entry is gone, not trusted.
     for link in slot.glob("profile*"):
         link.unlink()
-    subprocess.run([collect], check=True, capture_output=True)
+    collect()
+    assert not os.path.exists(environment)
     assert manager.cache.inspect(source, counting_nix.path)[0] == NONE
     run = kernel_runner(manager, name, GREETING, project)
-    assert run.stdout.strip() == f"collected {projects}", run
+    assert run.stdout.strip() == "collected", run
     assert counting_nix.evaluations() == 2
 
 

@@ -481,10 +481,13 @@ def test_the_decision_needs_no_import_of_nixkernels_manager(monkeypatch):
 # -- (f) new projects without a restart -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("nix_traits", [{"refresh_interval": 3600}])
 async def test_new_project_appears_after_refresh(jp_fetch, root_projects, manager):
+    # The first listing waits for the first scan, which must not see gamma: it is written after.
+    spec_of(await get_json(jp_fetch, "api", "kernelspecs"), root_projects.alpha, "flake")
     gamma = write_flake(root_projects.root / "gamma")
     listing = await get_json(jp_fetch, "api", "kernelspecs")
-    # refresh_interval is 30 s here: the listing comes from memory, so it is not there yet...
+    # No re-scan for an hour: the listing comes from memory, so gamma is not there yet...
     with pytest.raises(AssertionError):
         spec_of(listing, gamma, "flake")
     manager.refresh()
