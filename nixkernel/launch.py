@@ -32,7 +32,8 @@ from .describe import (
     venv_python,
 )
 from .discovery import find_enclosing_project
-from .nix import NixKernelError, log
+from .errors import NixKernelError
+from .nix import log
 from .projectargs import with_project_args
 
 MODE_CACHED, MODE_DIRECT = "cached", "direct"
