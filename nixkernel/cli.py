@@ -34,10 +34,9 @@ from traitlets import Bool, Instance, Int, List, Unicode
 
 from . import __version__, doctor, kernels, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
-from .describe import KIND_AUTO, KernelTarget, NixSource
+from .describe import KIND_AUTO, KernelTarget, NixSource, target_source
 from .environment import kernel_environment
 from .kernelspec import NixKernelSpecManager
-from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
 

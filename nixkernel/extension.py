@@ -239,7 +239,7 @@ def stop_with_server(serverapp: Any, manager: NixKernelSpecManager) -> None:
 
 def warm_sources(manager: NixKernelSpecManager) -> list[NixSource]:
     """The Nix sources of the discovered kernels, each once (waits for the first scan)."""
-    from .launch import target_source
+    from .describe import target_source
 
     sources: dict[NixSource, None] = {}
     for target in manager.targets():

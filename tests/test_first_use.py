@@ -16,8 +16,7 @@ import pytest
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
 
 from nixkernel import doctor
-from nixkernel.describe import KernelTarget, NixSource
-from nixkernel.launch import ipykernel_hint
+from nixkernel.describe import KernelTarget, NixSource, ipykernel_hint
 
 
 @pytest.fixture
