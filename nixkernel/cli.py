@@ -34,7 +34,7 @@ from traitlets import Bool, Instance, Int, List, Unicode
 
 from . import __version__, doctor, kernels, nix, serverconfig
 from .cache import NONE, STALE, CacheEntry, SlotSource, watched_inputs
-from .describe import KIND_AUTO, KernelTarget, NixSource, target_source
+from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
 from .kernelspec import NixKernelSpecManager
 
@@ -92,7 +92,7 @@ class NixKernelSubcommand(JupyterApp):
 
     def source_of(self, target: KernelTarget) -> NixSource | None:
         assert self.manager is not None
-        return target_source(target, self.manager.venv_library_shell or None, self.manager.nix_args)
+        return self.manager.source_of(target)
 
     def cache_state(self, target: KernelTarget) -> str:
         assert self.manager is not None
@@ -613,17 +613,7 @@ jupyter nixkernel warm nix-api-flake-0123456789
     def plan(self, targets: list[KernelTarget]) -> list[tuple[str, NixSource]]:
         """(kernel name, source) for each distinct Nix environment among ``targets``."""
         assert self.manager is not None
-        seen: set[str] = set()
-        jobs = []
-        for target in targets:
-            source = self.source_of(target)
-            if source is None:
-                continue
-            slot = self.manager.cache.slot(source)
-            if slot not in seen:
-                seen.add(slot)
-                jobs.append((target.name, source))
-        return jobs
+        return self.manager.warm_plan(targets)
 
     def run(self, jobs: list[tuple[str, NixSource]]) -> list[tuple[str, str]]:
         """Evaluate ``jobs`` several at once, printing progress; returns the failures."""

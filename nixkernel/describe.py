@@ -33,6 +33,14 @@ KIND_VENV = "venv"
 KIND_AUTO = "auto"
 KINDS = (KIND_FLAKE, KIND_SHELL_NIX, KIND_VENV, KIND_AUTO)
 
+#: A Python with ipykernel, as a Nix expression: the fix texts below all suggest it.
+PYTHON_WITH_IPYKERNEL = "python3.withPackages (ps: [ ps.ipykernel ])"
+#: How to fix a shell without Python (``doctor``, the listing, the fallback kernel).
+NO_PYTHON_HINT = (
+    "add Python with ipykernel to the shell's packages, e.g. "
+    f"`packages = [ (pkgs.{PYTHON_WITH_IPYKERNEL}) ];`"
+)
+
 NAME_PREFIX = "nix-"
 PROJECT_KERNEL_NAME = "nix-this-project"
 _SLUG_MAX = 32
@@ -375,10 +383,7 @@ def ipykernel_hint(target: KernelTarget) -> str:
             f"install it in the virtualenv: `{python} -m pip install ipykernel` "
             f"(in a uv project: `{in_project}uv add --dev ipykernel`)"
         )
-    return (
-        "add ipykernel to the shell's Python, e.g. "
-        "`(python3.withPackages (ps: [ ps.ipykernel ]))` in its packages"
-    )
+    return f"add ipykernel to the shell's Python, e.g. `({PYTHON_WITH_IPYKERNEL})` in its packages"
 
 
 def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | None = None) -> str:
@@ -390,15 +395,19 @@ def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | 
         return venv_python(target.venv)
     python = which("python3", env.get("PATH") if shell_path is None else shell_path)
     if python is None:
-        from .interpreter import NO_PYTHON_HINT  # only on the way to an error
-
-        where = f"{target.project}'s environment" if target.project else "this environment"
-        raise NixKernelError(
-            f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
-            "Python kernel to start (the Jupyter server's own Python is not the shell's).",
-            hint=NO_PYTHON_HINT + ", then restart the kernel",
-        )
+        raise no_python_error(target.project)
     return python
+
+
+def no_python_error(project: str | None) -> NixKernelError:
+    """The error of an environment without Python (cached mode raises it; direct mode hands
+    its text to the fallback kernel, as the shell's PATH is only known inside the shell)."""
+    where = f"{project}'s environment" if project else "this environment"
+    return NixKernelError(
+        f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
+        "Python kernel to start (the Jupyter server's own Python is not the shell's).",
+        hint=NO_PYTHON_HINT + ", then restart the kernel",
+    )
 
 
 def _absolute_if_path(ref: str) -> str:

@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -698,6 +698,27 @@ class NixKernelSpecManager(KernelSpecManager):
             stale=self.stale_fallback,
             venvs=self.include_venvs,
         )
+
+    def source_of(self, target: KernelTarget) -> NixSource | None:
+        """The Nix environment ``target`` starts in under this manager's settings (its library
+        shell, ``nix_args`` and the project's ``.envrc``), or None (a plain venv)."""
+        return target_source(target, self.venv_library_shell or None, self.nix_args)
+
+    def warm_plan(self, targets: Iterable[KernelTarget]) -> list[tuple[str, NixSource]]:
+        """What warming ``targets`` evaluates: (kernel name, source) for each distinct Nix
+        environment (one per cache slot), named by the first kernel that uses it. Used by
+        `jupyter nixkernel warm` and by ``warm_on_start``."""
+        seen: set[str] = set()
+        jobs = []
+        for target in targets:
+            source = self.source_of(target)
+            if source is None:
+                continue
+            slot = self.cache.slot(source)
+            if slot not in seen:
+                seen.add(slot)
+                jobs.append((target.name, source))
+        return jobs
 
     def nix_args_for(self, target: KernelTarget) -> dict[str, list[str]]:
         """The entries of :attr:`nix_args` that may apply to ``target``'s environment: those

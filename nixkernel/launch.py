@@ -28,6 +28,7 @@ from .describe import (
     describe,
     find_python,
     ipykernel_hint,
+    no_python_error,
     target_source,
     venv_problem,
     venv_python,
@@ -262,16 +263,10 @@ def plan_direct(
         python = shlex.quote(venv_python(target.venv))
         script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
     else:
-        from .interpreter import NO_PYTHON_HINT  # direct mode runs Nix anyway
-
         script = _direct_shell_python_script(connection)
         env["NIXKERNEL_SERVER_PATH"] = server_env.get("PATH", "")
-        env["NIXKERNEL_NO_PYTHON"] = (
-            f"There is no Python in {target.project}'s environment: no python3 on the shell's "
-            "PATH, so there is no Python kernel to start (the Jupyter server's own Python is not "
-            f"the shell's).\n\nHow to fix it: {NO_PYTHON_HINT}, then restart the "
-            "kernel."
-        )
+        no_python = no_python_error(target.project)
+        env["NIXKERNEL_NO_PYTHON"] = f"{no_python.message}\n\nHow to fix it: {no_python.hint}."
     if target.venv:
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'
