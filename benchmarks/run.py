@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix  # noqa: E402
 
 from nixkernel import environment  # noqa: E402
+from nixkernel.describe import find_python  # noqa: E402
 from nixkernel.kernelspec import NixKernelSpecManager  # noqa: E402
-from nixkernel.launch import find_python  # noqa: E402
 
 #: How long the heavy shell's evaluation takes: "on the order of a second", like nixpkgs on a
 #: fast machine (2-10 s on real ones).

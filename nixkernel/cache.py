@@ -159,6 +159,74 @@ def store_paths(variables: Mapping[str, str], profile_target: str | None) -> lis
     return list(found)
 
 
+class CacheEntry(NamedTuple):
+    """What a slot holds, as ``show`` reports it: typed facts of its entry (None/False for a
+    slot with no entry yet)."""
+
+    slot: str
+    state: str
+    """The cache state of the source (``"fresh"``, ``"stale"``, ``"missing"``...)."""
+    created: float | None = None
+    """When the entry was evaluated (seconds since the epoch)."""
+    nix_version: str | None = None
+    gc_root: str | None = None
+    """The slot's GC root, the profile link ``nix print-dev-env --profile`` wrote."""
+    gc_root_target: str | None = None
+    """The store path that link pointed to when the entry was written."""
+    has_shell_hook: bool = False
+
+    @classmethod
+    def of(cls, slot: str, state: str, entry: Mapping[str, Any] | None) -> CacheEntry:
+        if not entry:
+            return cls(slot, state)
+        created = entry.get("created")
+        return cls(
+            slot=slot,
+            state=state,
+            created=created if isinstance(created, int | float) else None,
+            nix_version=entry.get("nix_version"),
+            gc_root=os.path.join(slot, PROFILE),
+            gc_root_target=entry.get("profile"),
+            has_shell_hook=bool(entry.get("rc")),
+        )
+
+
+class SlotSource(NamedTuple):
+    """The source a slot was made for, read loosely from its entry (an old schema still names
+    it): what ``clean`` needs to describe a slot and to tell whether its project is gone."""
+
+    source: NixSource | None
+    """None when the slot has no readable entry."""
+
+    @classmethod
+    def read(cls, slot: str) -> SlotSource:
+        try:
+            with open(os.path.join(slot, ENTRY_FILE), encoding="utf-8") as f:
+                raw = json.load(f)["key"]["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(None)
+        if not isinstance(raw, dict):
+            return cls(None)
+        args = raw.get("args")
+        return cls(
+            NixSource(
+                str(raw.get("kind")),
+                str(raw.get("location")),
+                raw.get("attr"),
+                tuple(str(a) for a in args) if isinstance(args, list) else (),
+            )
+        )
+
+    @property
+    def project_missing(self) -> bool:
+        """Whether the project the slot was made for is gone (False when it cannot tell)."""
+        directory = self.source.local_dir if self.source is not None else None
+        return directory is not None and not os.path.isdir(directory)
+
+    def describe(self) -> str:
+        return self.source.describe() if self.source is not None else "no readable entry"
+
+
 class EnvironmentCache:
     """Evaluated environments under ``root``; see the module docstring for the layout."""
 

@@ -33,11 +33,10 @@ from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Instance, Int, List, Unicode
 
 from . import __version__, doctor, kernels, nix, serverconfig
-from .cache import NONE, STALE, watched_inputs
+from .cache import NONE, STALE, CacheEntry, SlotSource, watched_inputs
 from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
 from .kernelspec import NixKernelSpecManager
-from .launch import target_source
 
 INSTALLED_BY = "nixkernel"
 
@@ -93,7 +92,7 @@ class NixKernelSubcommand(JupyterApp):
 
     def source_of(self, target: KernelTarget) -> NixSource | None:
         assert self.manager is not None
-        return target_source(target, self.manager.venv_library_shell or None, self.manager.nix_args)
+        return self.manager.source_of(target)
 
     def cache_state(self, target: KernelTarget) -> str:
         assert self.manager is not None
@@ -442,15 +441,15 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                     state, entry = resolved.state, resolved.entry
                 except nix.NixKernelError as exc:
                     self.fail(f"evaluating {source.describe()} failed:\n{exc}")
-            slot = cache.slot(source)
+            cached = CacheEntry.of(cache.slot(source), state, entry)
             info["cache"] = {
-                "state": state,
-                "slot": slot,
-                "evaluated": _when(entry.get("created")) if entry else None,
-                "nix_version": entry.get("nix_version") if entry else None,
-                "gc_root": os.path.join(slot, "profile") if entry else None,
-                "gc_root_target": entry.get("profile") if entry else None,
-                "has_shell_hook": bool(entry and entry.get("rc")),
+                "state": cached.state,
+                "slot": cached.slot,
+                "evaluated": _when(cached.created),
+                "nix_version": cached.nix_version,
+                "gc_root": cached.gc_root,
+                "gc_root_target": cached.gc_root_target,
+                "has_shell_hook": cached.has_shell_hook,
             }
             shell = kernels.from_entry(entry)
             if shell is not None:
@@ -490,8 +489,8 @@ def carried_kernels(entry: dict) -> str:
     return "; kernels: " + ", ".join(names)
 
 
-def _when(timestamp: object) -> str | None:
-    if not isinstance(timestamp, int | float):
+def _when(timestamp: float | None) -> str | None:
+    if timestamp is None:
         return None
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
@@ -614,17 +613,7 @@ jupyter nixkernel warm nix-api-flake-0123456789
     def plan(self, targets: list[KernelTarget]) -> list[tuple[str, NixSource]]:
         """(kernel name, source) for each distinct Nix environment among ``targets``."""
         assert self.manager is not None
-        seen: set[str] = set()
-        jobs = []
-        for target in targets:
-            source = self.source_of(target)
-            if source is None:
-                continue
-            slot = self.manager.cache.slot(source)
-            if slot not in seen:
-                seen.add(slot)
-                jobs.append((target.name, source))
-        return jobs
+        return self.manager.warm_plan(targets)
 
     def run(self, jobs: list[tuple[str, NixSource]]) -> list[tuple[str, str]]:
         """Evaluate ``jobs`` several at once, printing progress; returns the failures."""
@@ -895,9 +884,10 @@ jupyter nixkernel clean --all
                     print(f"{target.name}: nothing cached.")
         else:
             slots = [
-                (slot, describe_slot(slot))
+                (slot, recorded.describe())
                 for slot in cache.slots()
-                if self.clean_all or slot_project_missing(slot)
+                for recorded in [SlotSource.read(slot)]
+                if self.clean_all or recorded.project_missing
             ]
         for slot, what in slots:
             cache.clean(slot)
@@ -906,39 +896,6 @@ jupyter nixkernel clean --all
             shutil.rmtree(os.path.join(cache.root, "flake-shells"), ignore_errors=True)
         if not slots:
             print(f"Nothing to clean in {cache.root}.")
-
-
-def slot_source(slot: str) -> dict | None:
-    """``key.source`` of a slot's entry.json (read loosely: an old schema still names it)."""
-    try:
-        with open(os.path.join(slot, "entry.json"), encoding="utf-8") as f:
-            source = json.load(f)["key"]["source"]
-        return source if isinstance(source, dict) else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def slot_project_missing(slot: str) -> bool:
-    """Whether the project a slot was made for is gone (False when it cannot tell)."""
-    raw = slot_source(slot)
-    if raw is None:
-        return False
-    source = NixSource(str(raw.get("kind")), str(raw.get("location")), raw.get("attr"))
-    directory = source.local_dir
-    return directory is not None and not os.path.isdir(directory)
-
-
-def describe_slot(slot: str) -> str:
-    raw = slot_source(slot)
-    if raw is None:
-        return "no readable entry"
-    args = raw.get("args")
-    return NixSource(
-        str(raw.get("kind")),
-        str(raw.get("location")),
-        raw.get("attr"),
-        tuple(str(a) for a in args) if isinstance(args, list) else (),
-    ).describe()
 
 
 # -- doctor ------------------------------------------------------------------------------------

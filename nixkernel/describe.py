@@ -3,8 +3,9 @@
 Turns a discovered :class:`~nixkernel.discovery.Project` into :class:`KernelTarget` objects,
 one per environment (each devShell of a flake, a ``shell.nix``, a plain virtualenv), each with a
 stable kernel name that depends only on the project's path and shell, never on the order of
-discovery. A target also says which Nix expression to evaluate (:class:`NixSource`) and which
-virtualenv's Python to run.
+discovery. A target also says which Nix expression to evaluate (:class:`NixSource`,
+:func:`target_source`), which Python runs it (:func:`find_python`) and how to add ipykernel to
+it (:func:`ipykernel_hint`): the launcher, the manager, ``doctor`` and the CLI all ask here.
 
 Standard library only: the launcher imports this module on every kernel start.
 """
@@ -16,9 +17,12 @@ import os
 import re
 import struct
 import unicodedata
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from .discovery import Project
+from .environment import which
+from .errors import NixKernelError
 
 if TYPE_CHECKING:
     from .kernels import FoundKernel
@@ -28,6 +32,14 @@ KIND_SHELL_NIX = "shell.nix"
 KIND_VENV = "venv"
 KIND_AUTO = "auto"
 KINDS = (KIND_FLAKE, KIND_SHELL_NIX, KIND_VENV, KIND_AUTO)
+
+#: A Python with ipykernel, as a Nix expression: the fix texts below all suggest it.
+PYTHON_WITH_IPYKERNEL = "python3.withPackages (ps: [ ps.ipykernel ])"
+#: How to fix a shell without Python (``doctor``, the listing, the fallback kernel).
+NO_PYTHON_HINT = (
+    "add Python with ipykernel to the shell's packages, e.g. "
+    f"`packages = [ (pkgs.{PYTHON_WITH_IPYKERNEL}) ];`"
+)
 
 NAME_PREFIX = "nix-"
 PROJECT_KERNEL_NAME = "nix-this-project"
@@ -143,11 +155,16 @@ class KernelTarget(NamedTuple):
     """A kernel of another language that the shell carries (R, Julia...: see kernels.py), or
     None for the environment's Python kernel."""
 
-    def nix_source(self) -> NixSource | None:
+    def nix_source(self, library_shell: str | None = None) -> NixSource | None:
+        """The Nix expression of this environment as its files name it: the flake's shell, the
+        ``shell.nix``, or for a plain venv ``library_shell`` (None without one). The basis of
+        :func:`target_source`, which adds the flags the project declares."""
         if self.kind == KIND_FLAKE:
             return NixSource.flake_shell(self.project, self.shell or "default")
         if self.kind == KIND_SHELL_NIX:
             return NixSource("file", os.path.join(self.project, "shell.nix"))
+        if self.kind == KIND_VENV and library_shell:
+            return NixSource.parse(library_shell)
         return None
 
     def as_dict(self) -> dict[str, str | None]:
@@ -330,6 +347,67 @@ def describe(
         label = venv_label(venv) + (" + library shell" if library_shell else "")
         targets.append(target(KIND_VENV, label))
     return targets
+
+
+def target_source(
+    target: KernelTarget,
+    library_shell: str | None,
+    nix_args: Mapping[str, Sequence[str]] | None = None,
+) -> NixSource | None:
+    """The Nix environment ``target`` starts in, with the flags its project declares
+    (``.envrc``, ``nix_args``: see :mod:`nixkernel.projectargs`), or None (a plain venv)."""
+    from .projectargs import with_project_args  # it builds on NixSource, defined here
+
+    source = target.nix_source(library_shell)
+    return with_project_args(source, nix_args) if source is not None else None
+
+
+def ipykernel_hint(target: KernelTarget) -> str:
+    """How to add ipykernel, in the words of the tool that made the environment (commands that
+    work when pasted: paths are shell-quoted)."""
+    if target.venv:
+        from shlex import quote  # only on the way to an error message
+
+        python = quote(venv_python(target.venv))
+        in_project = f"cd {quote(target.project)} && " if target.project else ""
+        flavor = venv_flavor(target.venv)
+        if flavor == "poetry":
+            return f"install it in the virtualenv: `{in_project}poetry add --group dev ipykernel`"
+        if flavor == "uv":
+            # uv venvs have no pip; without a pyproject.toml `uv add` has nothing to add to.
+            return (
+                f"install it in the virtualenv: `{in_project}uv add --dev ipykernel` "
+                f"(a venv without a pyproject.toml: `uv pip install --python {python} ipykernel`)"
+            )
+        return (
+            f"install it in the virtualenv: `{python} -m pip install ipykernel` "
+            f"(in a uv project: `{in_project}uv add --dev ipykernel`)"
+        )
+    return f"add ipykernel to the shell's Python, e.g. `({PYTHON_WITH_IPYKERNEL})` in its packages"
+
+
+def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | None = None) -> str:
+    """The kernel's Python: the venv's, else the first python3 on ``shell_path``, the shell's
+    own PATH entries. Never one from the server's PATH, which ``env`` appends: a shell without
+    Python (Go, Rust, a library shell) must say so, not run whatever python3 the server has.
+    (Without ``shell_path``, ``env``'s whole PATH: for environments that are not a shell.)"""
+    if target.venv:
+        return venv_python(target.venv)
+    python = which("python3", env.get("PATH") if shell_path is None else shell_path)
+    if python is None:
+        raise no_python_error(target.project)
+    return python
+
+
+def no_python_error(project: str | None) -> NixKernelError:
+    """The error of an environment without Python (cached mode raises it; direct mode hands
+    its text to the fallback kernel, as the shell's PATH is only known inside the shell)."""
+    where = f"{project}'s environment" if project else "this environment"
+    return NixKernelError(
+        f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
+        "Python kernel to start (the Jupyter server's own Python is not the shell's).",
+        hint=NO_PYTHON_HINT + ", then restart the kernel",
+    )
 
 
 def _absolute_if_path(ref: str) -> str:

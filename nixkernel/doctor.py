@@ -23,9 +23,17 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from . import kernels, nix
-from .describe import KIND_AUTO, KIND_FLAKE, KIND_SHELL_NIX, KernelTarget, pyvenv_cfg
+from .describe import (
+    KIND_AUTO,
+    KIND_FLAKE,
+    KIND_SHELL_NIX,
+    KernelTarget,
+    find_python,
+    ipykernel_hint,
+    pyvenv_cfg,
+    target_source,
+)
 from .environment import kernel_environment
-from .launch import find_python, ipykernel_hint, target_source
 
 if TYPE_CHECKING:
     from .kernelspec import NixKernelSpecManager

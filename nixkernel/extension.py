@@ -238,15 +238,9 @@ def stop_with_server(serverapp: Any, manager: NixKernelSpecManager) -> None:
 
 
 def warm_sources(manager: NixKernelSpecManager) -> list[NixSource]:
-    """The Nix sources of the discovered kernels, each once (waits for the first scan)."""
-    from .launch import target_source
-
-    sources: dict[NixSource, None] = {}
-    for target in manager.targets():
-        source = target_source(target, manager.venv_library_shell or None, manager.nix_args)
-        if source is not None:
-            sources.setdefault(source, None)
-    return list(sources)
+    """The Nix sources of the discovered kernels, each once (waits for the first scan): the
+    manager's warm plan, as `jupyter nixkernel warm --all` evaluates it."""
+    return [source for _name, source in manager.warm_plan(manager.targets())]
 
 
 def warm_environments(

@@ -20,6 +20,7 @@ import os
 import re
 from typing import NamedTuple
 
+from .describe import NO_PYTHON_HINT  # noqa: F401 (defined with the other fix texts)
 from .environment import which
 
 #: The first ipykernel that reads CurveZMQ keys from its connection file (checked in the
@@ -27,10 +28,6 @@ from .environment import which
 CURVE_IPYKERNEL = (7, 3)
 CURVE = "curve"
 
-NO_PYTHON_HINT = (
-    "add Python with ipykernel to the shell's packages, e.g. "
-    "`packages = [ (pkgs.python3.withPackages (ps: [ ps.ipykernel ])) ];`"
-)
 
 _DIST_INFO = re.compile(r"^ipykernel-(\d+)\.(\d+)(?:\.(\d+))?[^-]*\.(?:dist|egg)-info$", re.I)
 _PYTHON_LIB = re.compile(r"^python3(\.\d+)?$")

@@ -569,7 +569,7 @@ def command(
     argv = format_argv(kernel.spec["argv"], namespace)
     executable = which(argv[0], env.get("PATH", ""))
     if executable is None:
-        from .nix import NixKernelError
+        from .errors import NixKernelError
 
         where = "" if os.sep in argv[0] else " on the PATH of the shell's environment"
         raise NixKernelError(

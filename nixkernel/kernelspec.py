@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -41,15 +39,14 @@ from .describe import (
     KernelTarget,
     NixSource,
     describe,
+    target_source,
 )
 from .discovery import discover, project_at, within_reach
-from .launch import MODE_CACHED, target_source
+from .launch import LAUNCHER, MODE_CACHED, launcher_argv  # noqa: F401 (LAUNCHER: read from here too)
 
 RESOURCES = str(Path(__file__).parent / "resources")
 #: A plain virtualenv's kernel has Python's logo; the others, the Nix mark with Python's.
 VENV_RESOURCES = str(Path(RESOURCES) / "venv")
-#: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
-LAUNCHER = str(Path(__file__).parent / "boot" / "launcher.py")
 LOGOS = sorted(p.name for p in Path(RESOURCES).glob("logo-*"))
 
 #: Fields KernelSpec.to_dict() has beyond the ones nixkernel sets (they vary by jupyter_client).
@@ -689,31 +686,39 @@ class NixKernelSpecManager(KernelSpecManager):
     # -- kernelspecs -----------------------------------------------------------------------
 
     def launcher_argv(self, target: KernelTarget) -> list[str]:
-        """The kernel command: the server's own Python running nixkernel's launcher."""
-        argv = [sys.executable, "-S", LAUNCHER, "--kind", target.kind]
-        if target.kind != KIND_AUTO:
-            argv += ["--project", target.project]
-        if target.shell:
-            argv += ["--shell", target.shell]
-        if target.venv:
-            argv += ["--venv", target.venv]
-        if target.kernel is not None:
-            argv += ["--spec", target.kernel.name, "--language", target.kernel.language]
-        if self.venv_library_shell:
-            argv += ["--library-shell", self.venv_library_shell]
-        argv += ["--cache-dir", os.path.abspath(os.path.expanduser(self.cache_dir))]
-        if self.nix_executable:
-            argv += ["--nix", self.nix_executable]
-        nix_args = self.nix_args_for(target)
-        if nix_args:
-            argv.append("--nix-args=" + json.dumps(nix_args, separators=(",", ":")))
-        if self.launch_mode != MODE_CACHED:
-            argv += ["--mode", self.launch_mode]
-        if not self.stale_fallback:
-            argv.append("--no-stale")
-        if target.kind == KIND_AUTO and not self.include_venvs:
-            argv.append("--no-venvs")
-        return [*argv, "-f", "{connection_file}"]
+        """The kernel command: the server's own Python running nixkernel's launcher, with
+        this manager's settings (built beside the launcher's parser: launch.launcher_argv)."""
+        return launcher_argv(
+            target,
+            cache_dir=os.path.abspath(os.path.expanduser(self.cache_dir)),
+            library_shell=self.venv_library_shell,
+            nix=self.nix_executable,
+            nix_args=self.nix_args_for(target),
+            mode=self.launch_mode,
+            stale=self.stale_fallback,
+            venvs=self.include_venvs,
+        )
+
+    def source_of(self, target: KernelTarget) -> NixSource | None:
+        """The Nix environment ``target`` starts in under this manager's settings (its library
+        shell, ``nix_args`` and the project's ``.envrc``), or None (a plain venv)."""
+        return target_source(target, self.venv_library_shell or None, self.nix_args)
+
+    def warm_plan(self, targets: Iterable[KernelTarget]) -> list[tuple[str, NixSource]]:
+        """What warming ``targets`` evaluates: (kernel name, source) for each distinct Nix
+        environment (one per cache slot), named by the first kernel that uses it. Used by
+        `jupyter nixkernel warm` and by ``warm_on_start``."""
+        seen: set[str] = set()
+        jobs = []
+        for target in targets:
+            source = self.source_of(target)
+            if source is None:
+                continue
+            slot = self.cache.slot(source)
+            if slot not in seen:
+                seen.add(slot)
+                jobs.append((target.name, source))
+        return jobs
 
     def nix_args_for(self, target: KernelTarget) -> dict[str, list[str]]:
         """The entries of :attr:`nix_args` that may apply to ``target``'s environment: those
@@ -721,9 +726,7 @@ class NixKernelSpecManager(KernelSpecManager):
         project when it starts)."""
         if not self.nix_args or target.kind == KIND_AUTO:
             return dict(self.nix_args)
-        source = target.nix_source()
-        if source is None and self.venv_library_shell:
-            source = NixSource.parse(self.venv_library_shell)
+        source = target.nix_source(self.venv_library_shell or None)
         directory = source.local_dir if source is not None else None
         if directory is None:
             return {}

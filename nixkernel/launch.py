@@ -22,24 +22,28 @@ from . import environment, nix
 from .cache import STALE, EnvironmentCache
 from .describe import (
     KIND_AUTO,
-    KIND_VENV,
     KINDS,
     KernelTarget,
     NixSource,
     describe,
-    venv_flavor,
+    find_python,
+    ipykernel_hint,
+    no_python_error,
+    target_source,
     venv_problem,
     venv_python,
 )
 from .discovery import find_enclosing_project
-from .nix import NixKernelError, log
-from .projectargs import with_project_args
+from .errors import NixKernelError
+from .nix import log
 
 MODE_CACHED, MODE_DIRECT = "cached", "direct"
 
 _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 BOOT_SCRIPT = os.path.join(_BOOT, "ipykernel_launcher.py")
 FALLBACK_SCRIPT = os.path.join(_BOOT, "fallback.py")
+#: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
+LAUNCHER = os.path.join(_BOOT, "launcher.py")
 
 
 class Launch(NamedTuple):
@@ -90,6 +94,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launcher_argv(
+    target: KernelTarget,
+    *,
+    cache_dir: str,
+    library_shell: str | None = None,
+    nix: str | None = None,
+    nix_args: Mapping[str, Sequence[str]] | None = None,
+    mode: str = MODE_CACHED,
+    stale: bool = True,
+    venvs: bool = True,
+) -> list[str]:
+    """The kernelspec's argv that starts ``target``: the server's own Python running the
+    launcher, with the arguments :func:`build_parser` reads (keep the two in step)."""
+    argv = [sys.executable, "-S", LAUNCHER, "--kind", target.kind]
+    if target.kind != KIND_AUTO:
+        argv += ["--project", target.project]
+    if target.shell:
+        argv += ["--shell", target.shell]
+    if target.venv:
+        argv += ["--venv", target.venv]
+    if target.kernel is not None:
+        argv += ["--spec", target.kernel.name, "--language", target.kernel.language]
+    if library_shell:
+        argv += ["--library-shell", library_shell]
+    argv += ["--cache-dir", cache_dir]
+    if nix:
+        argv += ["--nix", nix]
+    if nix_args:
+        argv.append("--nix-args=" + json.dumps(nix_args, separators=(",", ":")))
+    if mode != MODE_CACHED:
+        argv += ["--mode", mode]
+    if not stale:
+        argv.append("--no-stale")
+    if target.kind == KIND_AUTO and not venvs:
+        argv.append("--no-venvs")
+    return [*argv, "-f", "{connection_file}"]
+
+
 def resolve_target(args: argparse.Namespace) -> KernelTarget:
     """The environment to start: given on the command line, or (``--kind auto``) the project
     that encloses the kernel's working directory, which the server sets to the notebook's."""
@@ -113,46 +155,6 @@ def resolve_target(args: argparse.Namespace) -> KernelTarget:
         raise NixKernelError(f"{project.path} offers no environment nixkernel can start.")
     log(f"following the notebook to {targets[0].display_name}")
     return targets[0]
-
-
-def target_source(
-    target: KernelTarget,
-    library_shell: str | None,
-    nix_args: Mapping[str, Sequence[str]] | None = None,
-) -> NixSource | None:
-    """The Nix environment ``target`` starts in, with the flags its project declares
-    (``.envrc``, ``nix_args``: see :mod:`nixkernel.projectargs`), or None (a plain venv)."""
-    source = target.nix_source()
-    if source is None and target.kind == KIND_VENV and library_shell:
-        source = NixSource.parse(library_shell)
-    return with_project_args(source, nix_args) if source is not None else None
-
-
-def ipykernel_hint(target: KernelTarget) -> str:
-    """How to add ipykernel, in the words of the tool that made the environment (commands that
-    work when pasted: paths are shell-quoted)."""
-    if target.venv:
-        from shlex import quote  # only on the way to an error message
-
-        python = quote(venv_python(target.venv))
-        in_project = f"cd {quote(target.project)} && " if target.project else ""
-        flavor = venv_flavor(target.venv)
-        if flavor == "poetry":
-            return f"install it in the virtualenv: `{in_project}poetry add --group dev ipykernel`"
-        if flavor == "uv":
-            # uv venvs have no pip; without a pyproject.toml `uv add` has nothing to add to.
-            return (
-                f"install it in the virtualenv: `{in_project}uv add --dev ipykernel` "
-                f"(a venv without a pyproject.toml: `uv pip install --python {python} ipykernel`)"
-            )
-        return (
-            f"install it in the virtualenv: `{python} -m pip install ipykernel` "
-            f"(in a uv project: `{in_project}uv add --dev ipykernel`)"
-        )
-    return (
-        "add ipykernel to the shell's Python, e.g. "
-        "`(python3.withPackages (ps: [ ps.ipykernel ]))` in its packages"
-    )
 
 
 def plan_cached(
@@ -239,26 +241,6 @@ def missing_kernel(target: KernelTarget, spec: str, entry: dict | None) -> NixKe
     )
 
 
-def find_python(target: KernelTarget, env: Mapping[str, str], shell_path: str | None = None) -> str:
-    """The kernel's Python: the venv's, else the first python3 on ``shell_path``, the shell's
-    own PATH entries. Never one from the server's PATH, which ``env`` appends: a shell without
-    Python (Go, Rust, a library shell) must say so, not run whatever python3 the server has.
-    (Without ``shell_path``, ``env``'s whole PATH: for environments that are not a shell.)"""
-    if target.venv:
-        return venv_python(target.venv)
-    python = environment.which("python3", env.get("PATH") if shell_path is None else shell_path)
-    if python is None:
-        from .interpreter import NO_PYTHON_HINT  # only on the way to an error
-
-        where = f"{target.project}'s environment" if target.project else "this environment"
-        raise NixKernelError(
-            f"There is no Python in {where}: no python3 on the shell's PATH, so there is no "
-            "Python kernel to start (the Jupyter server's own Python is not the shell's).",
-            hint=NO_PYTHON_HINT + ", then restart the kernel",
-        )
-    return python
-
-
 def plan_direct(
     target: KernelTarget, args: argparse.Namespace, server_env: Mapping[str, str]
 ) -> Launch:
@@ -281,16 +263,10 @@ def plan_direct(
         python = shlex.quote(venv_python(target.venv))
         script = f"exec {python} {shlex.quote(BOOT_SCRIPT)} -f {connection}"
     else:
-        from .interpreter import NO_PYTHON_HINT  # direct mode runs Nix anyway
-
         script = _direct_shell_python_script(connection)
         env["NIXKERNEL_SERVER_PATH"] = server_env.get("PATH", "")
-        env["NIXKERNEL_NO_PYTHON"] = (
-            f"There is no Python in {target.project}'s environment: no python3 on the shell's "
-            "PATH, so there is no Python kernel to start (the Jupyter server's own Python is not "
-            f"the shell's).\n\nHow to fix it: {NO_PYTHON_HINT}, then restart the "
-            "kernel."
-        )
+        no_python = no_python_error(target.project)
+        env["NIXKERNEL_NO_PYTHON"] = f"{no_python.message}\n\nHow to fix it: {no_python.hint}."
     if target.venv:
         venv = shlex.quote(target.venv)
         script = f'export VIRTUAL_ENV={venv} PATH={venv}/bin:"$PATH"; unset PYTHONHOME; {script}'

@@ -21,6 +21,14 @@ from typing import Any, NamedTuple
 from .describe import NixSource
 from .environment import which
 
+# The package's error types, defined in errors.py, stay importable from here as they always were.
+from .errors import (  # noqa: F401
+    NixEvaluationError,
+    NixKernelError,
+    NixNotFoundError,
+    NixTimeoutError,
+)
+
 #: Where Nix lives when it is not on PATH (multi-user and single-user installs).
 FALLBACK_LOCATIONS = ("/nix/var/nix/profiles/default/bin/nix", "~/.nix-profile/bin/nix")
 
@@ -43,39 +51,6 @@ _COPIED_SOURCE = re.compile(r"^copied source '(.+)' -> '(/nix/store/[^']+)'$")
 #: flake), ``copying '"P"' to the store...`` (2.26), ``copying "P" to the store...`` (2.34).
 _COPYING = re.compile(r"^copying (['\"].+['\"])(?: to the store)?\.\.\.$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class NixKernelError(Exception):
-    """An error a user can act on: what failed, where, and how to fix it."""
-
-    cause = ""
-    """What kind of failure it is, when Nix failed (see :mod:`nixkernel.nixerrors`)."""
-
-    def __init__(self, message: str, hint: str = "", details: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.details = details
-
-    def __str__(self) -> str:
-        text = self.message
-        if self.hint:
-            text += f"\n\nHow to fix it: {self.hint}"
-        if self.details:
-            text += f"\n\n{self.details}"
-        return text
-
-
-class NixNotFoundError(NixKernelError):
-    pass
-
-
-class NixEvaluationError(NixKernelError):
-    pass
-
-
-class NixTimeoutError(NixEvaluationError):
-    """Nix did not finish in time (and was stopped): not a verdict on the Nix files."""
 
 
 class DevEnv(NamedTuple):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import require
+from helpers import require
 from nixprojects import DEFAULT_SHELL, write_flake
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from jupyter_client.kernelspec import KernelSpecManager
 from nixprojects import DEFAULT_SHELL, PYTHON, Raw, write_flake, write_shell_nix
 from traitlets.config import Config
@@ -35,15 +36,7 @@ class Workspace:
 
 
 def cli(ws: Workspace, *args: str, cwd: Path | None = None, **extra_env: str):
-    env = {**ws.env, **extra_env}
-    return subprocess.run(
-        [sys.executable, "-m", "nixkernel.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=str(cwd or ws.root),
-        env=env,
-        timeout=300,
-    )
+    return run_cli(*args, env={**ws.env, **extra_env}, cwd=cwd or ws.root)
 
 
 @pytest.fixture(scope="module")

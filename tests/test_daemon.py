@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import NixDaemon
+from helpers import NixDaemon
 from nixprojects import python_package, write_flake, write_shell_nix
 
 #: Started by the user: every kernel of the projects, one cell each, results as JSON.

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import NixDaemon, daemon_config, nix_daemon_process
+from helpers import NixDaemon, daemon_config, nix_daemon_process
 from nixprojects import Raw, nix_value, write_flake, write_shell_nix
 
 from nixkernel import doctor, flakelock

@@ -9,19 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, running_kernel
+from helpers import IN_CI, find_target, running_kernel
 from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
 
 FALLBACK = "nixkernel-fallback"
 
 
-def only_kernel(manager) -> str:
-    (target,) = manager.targets()
-    return target.name
-
-
 def start_failing(manager, cwd, kernel_runner):
-    run = kernel_runner(manager, only_kernel(manager), "print('unreachable')", cwd)
+    run = kernel_runner(manager, find_target(manager, only=True).name, "print('unreachable')", cwd)
     assert run.implementation == FALLBACK
     assert run.stdout == ""
     assert len(run.errors) == 1 and run.errors[0]["ename"] == "NixKernelError"
@@ -105,7 +100,10 @@ def test_fallback_kernel_keeps_answering(nix, projects, manager_factory):
     """The error kernel stays up: a second cell gets the same answer, no restart loop."""
     project = write_flake(projects / "b", {"default": {"X": Raw('throw "nope"')}})
     manager = manager_factory(project_dirs=[str(projects)])
-    with running_kernel(manager, only_kernel(manager), project, timeout=60) as (km, kc):
+    with running_kernel(manager, find_target(manager, only=True).name, project, timeout=60) as (
+        km,
+        kc,
+    ):
         for _ in range(2):
             reply = kc.execute_interactive("1 + 1", timeout=60)
             assert reply["content"]["status"] == "error"
@@ -126,6 +124,9 @@ def test_shell_nix_at_such_a_path_works(nix, projects, manager_factory, kernel_r
     project = write_shell_nix(projects / "mön projet")
     manager = manager_factory(project_dirs=[str(projects)])
     run = kernel_runner(
-        manager, only_kernel(manager), "import os; print(os.environ['GREETING'])", project
+        manager,
+        find_target(manager, only=True).name,
+        "import os; print(os.environ['GREETING'])",
+        project,
     )
     assert run.stdout.strip() == "hello from the dev shell"

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
 
 from nixkernel import doctor
-from nixkernel.describe import KernelTarget, NixSource
-from nixkernel.launch import ipykernel_hint
+from nixkernel.describe import KernelTarget, NixSource, ipykernel_hint
 
 
 @pytest.fixture
@@ -37,8 +37,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nixkernel.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)  # fmt: skip
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 def make_venv_project(directory: Path) -> Path:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import find_target
 from nixprojects import PYTHON, Raw, write_flake, write_shell_nix
 
 from nixkernel.describe import PROJECT_KERNEL_NAME
@@ -20,11 +21,6 @@ PROBE = (
 def probe(run) -> dict:
     assert not run.errors, run.error_text
     return json.loads(run.stdout.strip().splitlines()[-1])
-
-
-def only_kernel(manager, kind: str) -> str:
-    (name,) = [t.name for t in manager.targets() if t.kind == kind]
-    return name
 
 
 def write(kind: str, directory: Path, attrs: dict, let: str = "") -> Path:
@@ -42,7 +38,9 @@ def test_a_hook_that_shifts_does_not_eat_the_kernel_argv(
     hook = 'shift; shift; shift; export ARGS_LEFT="$#:${1-none}"'
     project = write(kind, projects / "shifty", {"packages": [PYTHON], "shellHook": hook})
     manager = manager_factory(project_dirs=[str(projects)])
-    info = probe(kernel_runner(manager, only_kernel(manager, kind), PROBE, cwd=project))
+    info = probe(
+        kernel_runner(manager, find_target(manager, kind, only=True).name, PROBE, cwd=project)
+    )
     assert info["ARGS_LEFT"] == "0:none"
 
 
@@ -76,7 +74,9 @@ def test_an_rc_bigger_than_one_argv_string_works(nix, projects, manager_factory,
     attrs = {"packages": [PYTHON], "stdenv": Raw("bigStdenv"), "shellHook": hook}
     project = write_flake(projects / "heavy", {"default": attrs}, let=BIG_STDENV)
     manager = manager_factory(project_dirs=[str(projects)])
-    info = probe(kernel_runner(manager, only_kernel(manager, "flake"), PROBE, cwd=project))
+    info = probe(
+        kernel_runner(manager, find_target(manager, "flake", only=True).name, PROBE, cwd=project)
+    )
     assert info["LAST_FUNCTION"] == "function 2499 of a shell with very many functions"
     assert info["BIG_LENGTH"] == "200000"
     (slot,) = (Path(manager.cache_dir) / "envs").iterdir()
@@ -106,7 +106,7 @@ def test_hook_runs_in_the_project_root_and_the_kernel_in_the_notebook_folder(
     notebooks.mkdir(parents=True)
     monkeypatch.setenv("OLDPWD", str(projects))
     manager = manager_factory(project_dirs=[str(projects)], launch_mode=mode, project_kernel=True)
-    name = PROJECT_KERNEL_NAME if kind == "auto" else only_kernel(manager, kind)
+    name = PROJECT_KERNEL_NAME if kind == "auto" else find_target(manager, kind, only=True).name
     info = probe(kernel_runner(manager, name, PROBE, cwd=notebooks))
     assert info["HOOK_RAN_IN"] == str(project)
     assert info["cwd"] == str(notebooks)
@@ -121,7 +121,7 @@ def test_a_temporary_directory_that_cannot_be_made_is_explained(
     fix it."""
     project = write_flake(projects / "tmpless", {"default": {"packages": [PYTHON]}})
     manager = manager_factory(project_dirs=[str(projects)])
-    name = only_kernel(manager, "flake")
+    name = find_target(manager, "flake", only=True).name
     assert not kernel_runner(manager, name, "1", cwd=project).errors  # evaluated and cached
     monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
     run = kernel_runner(manager, name, "1", cwd=project)

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import running_kernel
+from helpers import find_target, running_kernel
 from nixprojects import DEFAULT_SHELL, PYTHON, write_flake, write_shell_nix
 
 from nixkernel.kernelspec import LAUNCHER
@@ -28,21 +28,10 @@ def probe(run) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def kernel_named(manager, kind: str, shell: str | None = None, project: Path | None = None) -> str:
-    for target in manager.targets():
-        if (
-            target.kind == kind
-            and (shell is None or target.shell == shell)
-            and (project is None or target.project == str(project))
-        ):
-            return target.name
-    raise AssertionError(f"no {kind} {shell} kernel in {[t.name for t in manager.targets()]}")
-
-
 def test_flake_kernel_runs_inside_the_dev_shell(nix, projects, manager_factory, kernel_runner):
     project = write_flake(projects / "noahs-rug")
     manager = manager_factory(project_dirs=[str(projects)])
-    name = kernel_named(manager, "flake")
+    name = find_target(manager, "flake").name
     spec = manager.get_kernel_spec(name)
     assert spec.display_name == "noahs-rug (flake)"
     # The server's own interpreter, by absolute path (jupyter_client replaces only a bare
@@ -86,7 +75,7 @@ def test_python_the_shellhook_puts_first_on_path_runs_the_kernel(
     project = write_flake(projects / "activates", {"default": shell})
     manager = manager_factory(project_dirs=[str(projects)])
     code = "import os, shutil; print(os.environ.get('PYTHON_CHOSEN_BY'), shutil.which('python3'))"
-    run = kernel_runner(manager, kernel_named(manager, "flake"), code, cwd=project)
+    run = kernel_runner(manager, find_target(manager, "flake").name, code, cwd=project)
     assert not run.errors, run.error_text
     assert run.stdout.split() == ["hook", str(hook_bin / "python3")]
 
@@ -104,7 +93,7 @@ def test_second_devshell_gets_its_own_kernel(nix, projects, manager_factory, ker
         ("default", "api (flake)"),
         ("docs", "api (flake: docs)"),
     ]
-    info = probe(kernel_runner(manager, kernel_named(manager, "flake", "docs"), PROBE, project))
+    info = probe(kernel_runner(manager, find_target(manager, "flake", "docs").name, PROBE, project))
     assert info["DOCS"] == "sphinx"
     assert info["GREETING"] is None
 
@@ -112,7 +101,7 @@ def test_second_devshell_gets_its_own_kernel(nix, projects, manager_factory, ker
 def test_shell_nix_kernel(nix, projects, manager_factory, kernel_runner):
     project = write_shell_nix(projects / "legacy")
     manager = manager_factory(project_dirs=[str(projects)])
-    name = kernel_named(manager, "shell.nix")
+    name = find_target(manager, "shell.nix").name
     assert manager.get_kernel_spec(name).display_name == "legacy (shell.nix)"
     info = probe(kernel_runner(manager, name, PROBE, cwd=project))
     assert info["GREETING"] == "hello from the dev shell"
@@ -124,7 +113,7 @@ def test_kernel_process_is_exec_not_a_child(nix, projects, manager_factory, kern
     """No launcher stays between the server and the kernel: the kernel is the launched process."""
     project = write_flake(projects / "p")
     manager = manager_factory(project_dirs=[str(projects)])
-    with running_kernel(manager, kernel_named(manager, "flake"), project) as (km, kc):
+    with running_kernel(manager, find_target(manager, "flake").name, project) as (km, kc):
         out: list[str] = []
         kc.execute_interactive(
             "import os; print(os.getpid())",
@@ -139,7 +128,7 @@ def test_second_start_uses_the_cache_without_running_nix(
 ):
     project = write_flake(projects / "cached")
     manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
-    name = kernel_named(manager, "flake")
+    name = find_target(manager, "flake").name
 
     first = probe(kernel_runner(manager, name, PROBE, project))
     assert counting_nix.evaluations() == 1
@@ -172,7 +161,7 @@ def test_editing_an_imported_nix_file_reevaluates(
     (project / "lib").mkdir()
     (project / "lib" / "colors.nix").write_text('{ favourite = "blue"; }\n')
     manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
-    name = kernel_named(manager, "shell.nix")
+    name = find_target(manager, "shell.nix").name
     code = "import os; print(os.environ['COLOR'])"
 
     assert kernel_runner(manager, name, code, project).stdout.strip() == "blue"
@@ -187,7 +176,7 @@ def test_editing_an_imported_nix_file_reevaluates(
 def test_editing_flake_nix_reevaluates(nix, counting_nix, projects, manager_factory, kernel_runner):
     project = write_flake(projects / "edit")
     manager = manager_factory(project_dirs=[str(projects)], nix_executable=counting_nix.path)
-    name = kernel_named(manager, "flake")
+    name = find_target(manager, "flake").name
     code = "import os; print(os.environ['GREETING'])"
     assert kernel_runner(manager, name, code, project).stdout.strip() == "hello from the dev shell"
     write_flake(project, {"default": {**DEFAULT_SHELL, "GREETING": "changed"}})
@@ -198,7 +187,7 @@ def test_editing_flake_nix_reevaluates(nix, counting_nix, projects, manager_fact
 def test_cache_entry_is_gc_rooted(nix, projects, manager_factory, kernel_runner):
     project = write_flake(projects / "rooted")
     manager = manager_factory(project_dirs=[str(projects)])
-    kernel_runner(manager, kernel_named(manager, "flake"), "1", project)
+    kernel_runner(manager, find_target(manager, "flake").name, "1", project)
     slot = manager.cache.slot(manager.targets()[0].nix_source())
     profile = Path(slot) / "profile"
     target = os.path.realpath(profile)
@@ -214,7 +203,7 @@ def test_direct_mode_enters_the_shell_with_nix_develop_every_time(
     manager = manager_factory(
         project_dirs=[str(projects)], launch_mode="direct", nix_executable=counting_nix.path
     )
-    name = kernel_named(manager, "flake")
+    name = find_target(manager, "flake").name
     for _ in range(2):
         info = probe(kernel_runner(manager, name, PROBE, project))
         assert info["GREETING"] == "hello from the dev shell"
@@ -227,7 +216,7 @@ def test_direct_mode_enters_the_shell_with_nix_develop_every_time(
 def test_direct_mode_with_nix_shell(nix, projects, manager_factory, kernel_runner):
     project = write_shell_nix(projects / "direct-legacy")
     manager = manager_factory(project_dirs=[str(projects)], launch_mode="direct")
-    info = probe(kernel_runner(manager, kernel_named(manager, "shell.nix"), PROBE, project))
+    info = probe(kernel_runner(manager, find_target(manager, "shell.nix").name, PROBE, project))
     assert info["GREETING"] == "hello from the dev shell"
     assert info["python3"].startswith("/nix/store/")
 
@@ -237,7 +226,7 @@ def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
     restart act on the kernel itself."""
     project = write_flake(projects / "interruptible")  # DEFAULT_SHELL has a shellHook
     manager = manager_factory(project_dirs=[str(projects)])
-    with running_kernel(manager, kernel_named(manager, "flake"), project) as (km, kc):
+    with running_kernel(manager, find_target(manager, "flake").name, project) as (km, kc):
         msg_id = kc.execute("import time\nprint('running', flush=True)\ntime.sleep(600)")
         # Interrupt once the cell's own code prints, not at its busy status: ipykernel publishes
         # busy before it runs the cell, and a SIGINT in that window is swallowed with no reply.

@@ -6,19 +6,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from helpers import run_cli
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
 
 
 def nixkernel(
     *args: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nixkernel.cli", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=120,
-    )  # fmt: skip
+    return run_cli(*args, env=env, cwd=cwd, timeout=120)
 
 
 def list_without_dirs(tmp_path: Path, server_config: str) -> list[dict]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import require
 from nixprojects import write_flake
 from test_browser import ARTIFACTS, CHROMIUM_ARGS, Lab, free_port, wait_for_server
 

@@ -43,7 +43,7 @@ def test_shell_without_python_is_listed_with_the_problem_and_its_kernel_explains
     nix, projects, manager_factory, kernel_runner, server_python_on_path, mode
 ):
     """The kernel of an evaluated shell with no python3 on its own PATH is the fallback kernel
-    naming the fix, though the server's PATH has a python3 with ipykernel (launch.find_python
+    naming the fix, though the server's PATH has a python3 with ipykernel (describe.find_python
     searches only the shell's PATH entries; in direct mode, the shell's PATH minus the server's)."""
     project = write_flake(projects / "gotool", {"default": GO_SHELL})
     manager = manager_factory(project_dirs=[str(projects)], launch_mode=mode)

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, NixDaemon
+from helpers import IN_CI, NixDaemon
 from nixprojects import write_shell_nix
 from test_browser import free_port
 

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
-from conftest import KernelRun
+from helpers import KernelRun
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.serverapp import ServerApp
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jupyter_kernel_test as jkt
 import pytest
-from conftest import IN_CI, require, running_kernel
+from helpers import IN_CI, require, running_kernel
 from jupyter_client import KernelManager
 from nixprojects import (
     DEFAULT_SHELL,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import require
 from nixprojects import PYTHON, r_package, write_flake
 from test_browser import (
     ARTIFACTS,

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
+from helpers import require
 from nixprojects import PYTHON, r_package, write_flake, write_shell_nix
 from test_server import PNG_MAGIC, execute, get_json, start_session
 from test_shell_kernels import evaluate

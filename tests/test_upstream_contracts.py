@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from helpers import IN_CI
 
 REPO = Path(__file__).parent.parent
 TOOL = REPO / "tools" / "upstream_kernelspec_tests.py"

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require, run_in_kernel
+from helpers import find_target, require, run_in_kernel
 from jupyter_client.kernelspec import KernelSpecManager
 from nixprojects import DEFAULT_SHELL, MINI_NIX, Raw, nix_value, write_flake, write_shell_nix
 
@@ -170,13 +170,6 @@ def plain_kernel_manager(venv: Path, kernels: Path) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(kernels)])
 
 
-def target_of(manager, kind: str, project: Path):
-    for target in manager.targets():
-        if target.kind == kind and target.project == str(project):
-            return target
-    raise AssertionError(f"no {kind} kernel for {project}: {manager.targets()}")
-
-
 def probe(run, errors_expected: bool = False) -> dict:
     """What PROBE printed (its line is the last JSON line of the output)."""
     if not errors_expected:
@@ -211,7 +204,7 @@ def test_venv_in_flake_project_finds_the_shells_library_where_a_plain_kernel_fai
     assert LOADER_ERROR in plain.error_text
 
     manager = manager_factory(project_dirs=[str(projects)], launch_mode=launch_mode)
-    target = target_of(manager, "flake", project)
+    target = find_target(manager, "flake", project=project)
     assert target.display_name == "api (flake + uv .venv)"
     assert target.venv == str(venv)
     run = run_in_kernel(manager, target.name, IMPORT_NKEXT + "\n" + PROBE, cwd=project)
@@ -235,7 +228,7 @@ def test_library_shell_makes_a_venv_only_project_work(
     venv = copy_venv(template_venv, project)
 
     bare = manager_factory(project_dirs=[str(projects)])
-    target = target_of(bare, "venv", project)
+    target = find_target(bare, "venv", project=project)
     assert target.display_name == "solo (uv .venv)"
     failed = run_in_kernel(bare, target.name, IMPORT_NKEXT, cwd=project)
     assert LOADER_ERROR in failed.error_text
@@ -247,9 +240,10 @@ def test_library_shell_makes_a_venv_only_project_work(
     assert NixSource.parse(long_ref).attr == f"devShells.{SYSTEM}.pylibs"
     for ref in (long_ref, short_ref):
         manager = manager_factory(project_dirs=[str(projects)], venv_library_shell=ref)
-        target = target_of(manager, "venv", project)
+        target = find_target(manager, "venv", project=project)
         assert target.display_name == "solo (uv .venv + library shell)"
-        assert target.name == target_of(bare, "venv", project).name  # same notebook kernel name
+        # The same notebook kernel name:
+        assert target.name == find_target(bare, "venv", project=project).name
         run = run_in_kernel(manager, target.name, IMPORT_NKEXT + "\n" + PROBE, cwd=project)
         assert "answer 42" in run.stdout, run.error_text
         info = probe(run)
@@ -269,7 +263,7 @@ def test_library_shell_from_a_nix_file_and_for_the_project_following_kernel(
     manager = manager_factory(project_dirs=[str(projects)], venv_library_shell=str(libfile))
     notebooks = project / "notebooks"
     notebooks.mkdir()
-    for name in (target_of(manager, "venv", project).name, "nix-this-project"):
+    for name in (find_target(manager, "venv", project=project).name, "nix-this-project"):
         run = run_in_kernel(manager, name, IMPORT_NKEXT, cwd=notebooks)
         assert "answer 42" in run.stdout, (name, run.error_text)
 
@@ -280,7 +274,7 @@ def test_venv_in_shell_nix_project(nix, nkdemo, template_venv, projects, manager
     project = write_shell_nix(projects / "legacy", {**DEFAULT_SHELL, **LIB_ATTRS}, let=LIB_LET)
     venv = copy_venv(template_venv, project)
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "shell.nix", project)
+    target = find_target(manager, "shell.nix", project=project)
     assert target.display_name == "legacy (shell.nix + uv .venv)"
     run = run_in_kernel(manager, target.name, IMPORT_NKEXT + "\n" + PROBE, cwd=project)
     assert "answer 42" in run.stdout, run.error_text
@@ -321,7 +315,10 @@ def test_server_python_variables_do_not_leak_into_venv_kernels(
     )
 
     flake_run = run_in_kernel(
-        manager, target_of(manager, "flake", flake_project).name, PROBE + checks, flake_project
+        manager,
+        find_target(manager, "flake", project=flake_project).name,
+        PROBE + checks,
+        flake_project,
     )
     info = probe(flake_run)
     assert "LEAKED" not in flake_run.stdout
@@ -332,7 +329,10 @@ def test_server_python_variables_do_not_leak_into_venv_kernels(
     assert info["env"]["LD_LIBRARY_PATH"] == f"{nkdemo}/lib"  # the shell's, not the server's
 
     solo_run = run_in_kernel(
-        manager, target_of(manager, "venv", solo).name, PROBE + checks + IMPORT_NKEXT, solo
+        manager,
+        find_target(manager, "venv", project=solo).name,
+        PROBE + checks + IMPORT_NKEXT,
+        solo,
     )
     info = probe(solo_run, errors_expected=True)
     assert "LEAKED" not in solo_run.stdout
@@ -365,7 +365,7 @@ def test_venv_without_ipykernel_gets_the_fallback_and_is_left_alone(nix, project
     before = venv_snapshot(venv)
 
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "venv", project)
+    target = find_target(manager, "venv", project=project)
     assert target.problem is None  # listed as a kernel: the reason shows when it starts
     run = run_in_kernel(manager, target.name, "1 + 1", cwd=project)
 
@@ -395,7 +395,7 @@ def test_venv_with_dangling_python_is_listed_with_a_problem_and_starts_the_fallb
     project.mkdir()
     dangling_venv(project)
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "venv", project)
+    target = find_target(manager, "venv", project=project)
     assert target.problem and "does not exist" in target.problem
     assert manager.get_kernel_spec(target.name).metadata["nixkernel"]["problem"] == target.problem
 
@@ -420,7 +420,7 @@ def test_dangling_venv_in_a_flake_project_blocks_its_kernel_with_the_reason(
     project = write_flake(projects / "api")
     dangling_venv(project)
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "flake", project)
+    target = find_target(manager, "flake", project=project)
     assert target.display_name == "api (flake + uv .venv)"
     assert target.problem and "does not exist" in target.problem
 
@@ -445,7 +445,7 @@ def test_venv_python_without_its_program_loader_is_listed_with_the_nixos_fix(
     (venv / "bin" / "python").symlink_to(foreign)
 
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "venv", project)
+    target = find_target(manager, "venv", project=project)
     assert target.problem and loader in target.problem and "nix-ld" in target.problem
     run = run_in_kernel(manager, target.name, "1 + 1", cwd=project)
     assert run.implementation == "nixkernel-fallback"
@@ -462,7 +462,7 @@ def test_venv_python_that_cannot_be_executed_starts_the_fallback(nix, projects, 
     python.unlink()
     python.write_text("#!/bin/sh\n")  # exists, but without the executable bit
     manager = manager_factory(project_dirs=[str(projects)])
-    target = target_of(manager, "venv", project)
+    target = find_target(manager, "venv", project=project)
     run = run_in_kernel(manager, target.name, "1 + 1", cwd=project)
     assert run.implementation == "nixkernel-fallback"
     assert f"Cannot run {python}" in run.error_text and "Permission denied" in run.error_text
