@@ -151,7 +151,9 @@ def counting_nix(nix: str, tmp_path: Path) -> CountingNix:
     wrapper.parent.mkdir()
     # One line per call, whatever newlines its arguments hold (direct mode's bash -c script).
     wrapper.write_text(
-        f"#!/bin/sh\n{{ printf '%s ' \"$@\" | tr '\\n' ' '; echo; }} >> \"{log}\"\n"
+        # One write per call (O_APPEND): concurrent calls never share a line.
+        f"#!/bin/sh\nline=$(printf '%s ' \"$@\" | tr '\\n' ' ')\n"
+        f'printf \'%s\\n\' "$line" >> "{log}"\n'
         f'exec "{nix}" "$@"\n'
     )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
