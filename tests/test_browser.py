@@ -4,6 +4,7 @@ dev shell's variable in the output."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -78,16 +79,14 @@ def wait_for_server(process: subprocess.Popen, lab: Lab, log: Path) -> None:
             time.sleep(0.2)  # poll interval, not synchronisation
 
 
-@pytest.fixture
-def lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
-    """`jupyter lab` on a free port, root_dir holding one flake project, nixkernel enabled by
-    the installed config.d file (as after `pip install nixkernel`)."""
-    root = tmp_path / "root"
-    project = write_flake(root / "proj", {"default": {**DEFAULT_SHELL, "GREETING": GREETING}})
+@contextlib.contextmanager
+def running_lab(root: Path, project: Path, cache: Path, tmp_path: Path) -> Iterator[Lab]:
+    """`jupyter lab` on a free port over ``root``, nixkernel enabled by the installed config.d
+    file (as after `pip install nixkernel`), its cache in ``cache``; stopped afterwards."""
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **os.environ,  # NIX_CONFIG from the nix fixture
-        "NIXKERNEL_CACHE_DIR": str(tmp_path / "cache"),
+        "NIXKERNEL_CACHE_DIR": str(cache),
         # No user settings or saved workspace: the page starts the same every run.
         "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
@@ -118,6 +117,16 @@ def lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
+    """`jupyter lab` on a free port, root_dir holding one flake project, nixkernel enabled by
+    the installed config.d file (as after `pip install nixkernel`)."""
+    root = tmp_path / "root"
+    project = write_flake(root / "proj", {"default": {**DEFAULT_SHELL, "GREETING": GREETING}})
+    with running_lab(root, project, tmp_path / "cache", tmp_path) as lab:
+        yield lab
 
 
 def project_kernel(lab: Lab) -> dict:

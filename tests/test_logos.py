@@ -6,7 +6,6 @@ test-artifacts/)."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import require
 from nixprojects import write_flake
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, Lab, free_port, wait_for_server
+from test_browser import ARTIFACTS, CHROMIUM_ARGS, Lab, running_lab
 
 from nixkernel.describe import PROJECT_KERNEL_NAME
 from nixkernel.kernelspec import RESOURCES, VENV_RESOURCES
@@ -77,38 +76,8 @@ def lab_with_both(nix: str, tmp_path: Path) -> Iterator[Lab]:
     root = tmp_path / "root"
     project = write_flake(root / "proj")
     make_venv_project(root / "tool")
-    port, token = free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "NIXKERNEL_CACHE_DIR": str(tmp_path / "cache"),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-    }
-    settings = tmp_path / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab"
-    notification = settings / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text('{"fetchNews": "false"}')
-    log = tmp_path / "jupyter-lab.log"
-    argv = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        f"--port={port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-        "--NixKernelSpecManager.discover_flake_shells=False",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project)
-    try:
-        wait_for_server(process, lab, log)
+    with running_lab(root, project, tmp_path / "cache", tmp_path) as lab:
         yield lab
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.browser

@@ -4,10 +4,6 @@ Leaves test-artifacts/jupyterlab-launcher-r-kernel.png."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +15,7 @@ from test_browser import (
     CHROMIUM_ARGS,
     KERNEL_TIMEOUT_MS,
     Lab,
-    free_port,
-    wait_for_server,
+    running_lab,
 )
 from test_shell_kernels import evaluate
 
@@ -41,38 +36,8 @@ def r_lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
     project = write_flake(root / "analysis", {"default": shell})
     cache = tmp_path / "cache"
     evaluate(NixKernelSpecManager(project_dirs=[str(root)], cache_dir=str(cache)))
-    port, token = free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "NIXKERNEL_CACHE_DIR": str(cache),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-    }
-    settings = tmp_path / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab"
-    notification = settings / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
-    notification.write_text('{"fetchNews": "false"}')
-    log = tmp_path / "jupyter-lab.log"
-    argv = [
-        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-        f"--port={port}", "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
-        "--NixKernelSpecManager.discover_flake_shells=False",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]  # fmt: skip
-    with log.open("w") as out:
-        process = subprocess.Popen(argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project)
-    try:
-        wait_for_server(process, lab, log)
+    with running_lab(root, project, cache, tmp_path) as lab:
         yield lab
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_launcher_shows_the_projects_r_kernel_beside_its_python_kernel(r_lab: Lab):
