@@ -32,7 +32,7 @@ from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Instance, Int, List, Unicode
 
-from . import __version__, doctor, nix, serverconfig
+from . import __version__, buildlog, doctor, nix, serverconfig
 from .cache import NONE, STALE, watched_inputs
 from .describe import KernelTarget, NixSource
 from .environment import kernel_environment
@@ -295,6 +295,7 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 "gc_root_target": entry.get("profile") if entry else None,
                 "has_shell_hook": bool(entry and entry.get("rc")),
             }
+            info["cache"].update(evaluation_info(slot))
         else:
             info["cache"] = {"state": NONE, "note": "no Nix environment to cache"}
         if self.show_env:
@@ -313,6 +314,27 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                 if entry and info["cache"]["state"] == STALE:
                     info["env_note"] = "From the stale cache entry: `warm` updates it."
         return info
+
+
+def evaluation_info(slot: str) -> dict[str, Any]:
+    """An evaluation running now in ``slot`` (someone holds its lock: a kernel's build, `warm`),
+    and the last evaluation's failure, recorded until the next success."""
+    running = buildlog.running(slot)
+    failure = buildlog.last_failure(slot)
+    if running is not None:
+        running = {
+            **running,
+            "started": _when(running["started"]),
+            "log": os.path.join(slot, buildlog.LOG_FILE),
+        }
+    if failure is not None:
+        error = nix.NixEvaluationError(
+            str(failure.get("message", "")),
+            str(failure.get("hint", "")),
+            str(failure.get("details", "")),
+        )
+        failure = {"at": _when(failure["at"]), "error": str(error)}
+    return {"evaluation": running, "last_failure": failure}
 
 
 def _when(timestamp: object) -> str | None:
@@ -356,6 +378,18 @@ def print_show(info: dict[str, Any]) -> None:
         print(f"  GC root     {cache['gc_root']} -> {cache['gc_root_target']}")
     if cache.get("slot"):
         print(f"  slot        {cache['slot']}")
+    running = cache.get("evaluation")
+    if running is not None:
+        since = f" since {running['started']}" if running.get("started") else ""
+        pid = f" (pid {running['pid']})" if running.get("pid") else ""
+        print(f"  evaluation  running now{since}{pid}; its output: {running['log']}")
+        if running.get("last_line"):
+            print(f"              last line: {running['last_line']}")
+    failure = cache.get("last_failure")
+    if failure is not None:
+        print(f"  last evaluation failed ({failure['at']}):")
+        for line in failure["error"].splitlines():
+            print(f"    {line}")
     if "env" in info:
         if info.get("env_note"):
             print(f"Environment:  {info['env_note']}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from . import environment, nix
@@ -38,6 +38,12 @@ MODE_CACHED, MODE_DIRECT = "cached", "direct"
 _BOOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot")
 BOOT_SCRIPT = os.path.join(_BOOT, "ipykernel_launcher.py")
 FALLBACK_SCRIPT = os.path.join(_BOOT, "fallback.py")
+
+#: Set by the building kernel when it execs the launcher again (see nixkernel/building.py): the
+#: time its build started. That launcher does not hand over again, and takes that build's failure.
+BUILT_VARIABLE = "NIXKERNEL_BUILT"
+#: The stale environment's warning, for the kernel to show in the first cell (boot/handover.py).
+STALE_WARNING_VARIABLE = "NIXKERNEL_STALE_WARNING"
 
 
 class Launch(NamedTuple):
@@ -142,15 +148,26 @@ def plan_cached(
     source = target_source(target, args.library_shell)
     shell_vars: Mapping[str, str] = {}
     rc = ""
+    stale_notice = ""
     if source is not None:
         cache = EnvironmentCache(args.cache_dir)
-        resolved = cache.ensure(source, args.nix or None, allow_stale=args.stale, on_line=log)
+        on_miss, failure_since = building_hooks(args, server_env)
+        resolved = cache.ensure(
+            source, args.nix or None, allow_stale=args.stale, on_line=log,
+            on_miss=on_miss, failure_since=failure_since,
+        )  # fmt: skip
         if resolved.state == STALE:
             log(resolved.warning)
+            from .building import stale_notice as notice  # not on the warm path
+
+            stale_notice = notice(resolved.warning, target)
         elif resolved.evaluated:
             log(f"evaluated {source.describe()} and cached it")
         shell_vars, rc = resolved.entry["variables"], resolved.entry["rc"]
     env = environment.kernel_environment(shell_vars, server_env, target.venv)
+    env.pop(BUILT_VARIABLE, None)
+    if stale_notice:
+        env[STALE_WARNING_VARIABLE] = stale_notice
     python = find_python(target, env)
     env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
     env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
@@ -168,6 +185,32 @@ def plan_cached(
         )
     # bash -c RC NAME ARGS...: the rc script runs the hook, then `exec "$@"` replaces bash.
     return Launch(bash, [bash, "--noprofile", "--norc", "-c", rc, "nixkernel-shell", *kernel], env)
+
+
+def building_hooks(
+    args: argparse.Namespace, server_env: Mapping[str, str]
+) -> tuple[Callable[[str], None] | None, float | None]:
+    """``(on_miss, failure_since)`` for :meth:`EnvironmentCache.ensure`.
+
+    The launcher the server started (``main``) hands a miss over to the building kernel, which
+    answers the client at once and shows Nix's progress. The launcher that kernel execs when the
+    build ended does not hand over again, and takes that build's failure as its own."""
+    built = server_env.get(BUILT_VARIABLE)
+    if built is not None:
+        try:
+            return None, float(built)
+        except ValueError:
+            return None, None
+    launcher_argv = getattr(args, "launcher_argv", None)
+    if launcher_argv is None:
+        return None, None
+
+    def on_miss(state: str) -> None:
+        from .building import exec_building_kernel
+
+        exec_building_kernel(launcher_argv, state)  # returns only if it cannot
+
+    return on_miss, None
 
 
 def find_python(target: KernelTarget, env: Mapping[str, str]) -> str:
@@ -220,7 +263,9 @@ def plan_direct(
 def fallback(message: str, connection_file: str) -> Launch:
     """Exec plan for the fallback kernel, in the server's own Python and environment."""
     argv = [sys.executable, FALLBACK_SCRIPT, "--message", message, "-f", connection_file]
-    return Launch(sys.executable, argv, dict(os.environ))
+    env = dict(os.environ)
+    env.pop(BUILT_VARIABLE, None)
+    return Launch(sys.executable, argv, env)
 
 
 def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
@@ -244,6 +289,8 @@ def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Only the launcher process itself may hand a miss over to the building kernel (an exec).
+    args.launcher_argv = list(sys.argv[1:] if argv is None else argv)
     launch = plan(args, os.environ)
     sys.stdout.flush()
     sys.stderr.flush()

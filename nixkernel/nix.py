@@ -243,11 +243,7 @@ def print_dev_env(
         argv += ["-vv", "--arg", "inNixShell", "true"]
     argv += source.installable_args()
 
-    def relay(line: str) -> None:
-        if on_line is not None and not _is_chatter(line):
-            on_line(line)
-
-    status, stdout, lines = _run_streaming(argv, env, relay)
+    status, stdout, lines = _run_streaming(argv, env, _without_chatter(on_line))
     if status != 0:
         raise explain_failure(source, lines, status)
     try:
@@ -292,6 +288,24 @@ def flake_shell_names(
         )
     names = json.loads(out.stdout)
     return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _without_chatter(on_line: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``on_line`` minus the ``-vv`` chatter, all of it: ``using builder args '-c ...'`` spans
+    the builder's whole script when it has several lines, up to the closing quote."""
+    continuing = False
+
+    def relay(line: str) -> None:
+        nonlocal continuing
+        if continuing:
+            continuing = not line.rstrip().endswith("'")
+        elif _is_chatter(line):
+            stripped = line.strip()
+            continuing = stripped.startswith("using builder args '") and not stripped.endswith("'")
+        elif on_line is not None:
+            on_line(line)
+
+    return relay
 
 
 def _is_chatter(line: str) -> bool:
