@@ -470,7 +470,7 @@ async def test_server_session_on_a_cold_project_shows_the_build_then_runs_the_ce
         cells = {r["header"]["msg_id"]: Cell(r["header"]["msg_id"]) for r in requests}
         order: list[str] = []
         deadline = time.monotonic() + TIMEOUT
-        while len(order) < 2:
+        while not all(c.replies and c.idle for c in cells.values()):
             raw = await asyncio.wait_for(ws.read_message(), deadline - time.monotonic())
             assert raw is not None, "the websocket closed"
             msg = json.loads(raw)
@@ -485,6 +485,8 @@ async def test_server_session_on_a_cold_project_shows_the_build_then_runs_the_ce
             elif msg["msg_type"] == "execute_reply":
                 cell.replies.append(msg["content"])
                 order.append(cell.msg_id)
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                cell.idle = True
         ws.close()
         first, second = (cells[r["header"]["msg_id"]] for r in requests)
         assert order == [first.msg_id, second.msg_id]
