@@ -229,6 +229,10 @@ class BuildingKernel:
         poller = zmq.Poller()
         for socket in self.sockets.values():
             poller.register(socket, zmq.POLLIN)
+        assert self.worker is not None and self.worker.stdout is not None
+        # The worker's stdout ends when it does: wake up then, not at the next tick.
+        worker_out = self.worker.stdout
+        poller.register(worker_out, zmq.POLLIN)
         next_tick = 0.0
         while True:
             ready = dict(poller.poll(POLL_SECONDS * 1000))
@@ -244,6 +248,9 @@ class BuildingKernel:
             if self.interrupted:
                 self.interrupted = False
                 self._interrupt()
+            if worker_out in ready:
+                poller.unregister(worker_out)
+                next_tick = 0.0
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + POLL_SECONDS
                 self._tick()

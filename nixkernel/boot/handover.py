@@ -23,9 +23,9 @@ REPLAY_VARIABLE = "NIXKERNEL_REPLAY"
 WARNING_VARIABLE = "NIXKERNEL_STALE_WARNING"
 #: How long to wait for a client to reconnect before running the kept cells anyway.
 WAIT_FOR_CLIENTS = 30.0
-#: After the first client's shell and iopub sockets are back: time for its subscription to
-#: arrive and for the other clients to reconnect too (they retry every 100 ms).
-SETTLE = 0.3
+#: After the first client is back: time for the other clients to reconnect too (they retry
+#: every 100 ms), and on ipykernel 6, where subscriptions cannot be seen, for the first one's.
+SETTLE, SETTLE_UNSEEN = 0.15, 0.3
 
 _tasks = set()
 
@@ -100,7 +100,7 @@ class ClientWatcher:
                 event = recv_monitor_message(socket)
                 if event["event"] == self.event:
                     seen.add(roles[socket])
-        time.sleep(SETTLE)
+        time.sleep(SETTLE if self.subscribed is not None else SETTLE_UNSEEN)
         for monitor in self.monitors.values():
             monitor.close(linger=0)
 
