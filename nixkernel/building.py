@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 
@@ -118,9 +119,14 @@ def stale_notice(warning: str, target: object) -> str:
     )
     lines = warning.strip().splitlines()
     advice = lines.pop() if len(lines) > 1 else ""
-    shown = lines[:NOTICE_LINES]
-    if len(lines) > NOTICE_LINES:
-        shown.append(f"... ({len(lines) - NOTICE_LINES} more lines)")
+    # The headline and what failed, then Nix's own messages: newer Nix puts the message on an
+    # "error: ..." line after a trace of what it was evaluating (which the whole error keeps).
+    messages = [ln.strip() for ln in lines[2:] if re.match(r"^\s*error: \S", ln)]
+    shown = [*lines[:2], "Nix said:", *messages] if messages else list(lines)
+    shown = [ln for ln in shown if ln.strip()][:NOTICE_LINES]
+    total = len([ln for ln in lines if ln.strip()])
+    if total > len(shown):
+        shown.append(f"... (the whole error has {total} lines)")
     shown.append(
         f"The whole error: `jupyter nixkernel show {name}` in a terminal, or the Jupyter "
         "server's log."
