@@ -285,6 +285,7 @@ class BuildingKernel:
                 self.held.append(request)
                 self._busy(request)
                 self._introduce(request)
+                log(f"building kernel: cell {len(self.held)} kept until the environment is ready")
             return
         if kind == "shutdown_request":
             self._shutdown(channel, request)
@@ -383,9 +384,8 @@ class BuildingKernel:
             first = progress.last_notice_at < progress.last_line_at
             if quiet >= (QUIET_FIRST if first else QUIET_EVERY):
                 progress.last_notice_at = now
-                done = (
-                    f", {progress.derivations} derivations so far" if progress.derivations else ""
-                )
+                count = progress.derivations
+                done = f", {count} derivation{'s' if count > 1 else ''} so far" if count else ""
                 self._say(f"{_PREFIX}still building ({now - progress.started:.0f} s{done})")
             if self.worker is not None and self.worker.poll() is not None:
                 self._worker_done()
