@@ -584,3 +584,29 @@ def test_keeping_fresh_runs_on_its_own_thread(counting_nix, projects, served_man
         "the background re-evaluation",
         timeout=60,
     )
+
+
+def test_a_warm_start_loads_none_of_the_cold_start_machinery(nix, projects, manager_factory):
+    """A cache hit plans the exec exactly as before: the launcher imports neither the building
+    kernel, its worker's module, the build log, nor pyzmq."""
+    import nixkernel
+
+    project = write_shell_nix(projects / "warm")
+    manager = manager_factory(project_dirs=[str(projects)])
+    name = only_kernel(manager)
+    manager.cache.ensure(manager.targets()[0].nix_source())
+    argv = manager.get_kernel_spec(name).argv
+    launcher_args = [a.replace("{connection_file}", "/nonexistent/c.json") for a in argv[3:]]
+    parent = os.path.dirname(os.path.dirname(nixkernel.__file__))
+    code = (
+        f"import os, sys; sys.path[0] = {parent!r}; from nixkernel import launch; "
+        f"args = launch.build_parser().parse_args({launcher_args!r}); "
+        f"args.launcher_argv = {launcher_args!r}; "
+        "plan = launch.plan(args, dict(os.environ)); "
+        "print(launch.FALLBACK_SCRIPT in plan.argv, ' '.join(sorted(m for m in sys.modules if m in "
+        "('nixkernel.building', 'nixkernel.buildkernel', 'nixkernel.buildlog', 'zmq'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True, cwd=project
+    )
+    assert out.stdout.strip() == "False", out
