@@ -52,10 +52,10 @@ class Lab:
     token: str
     root: Path
     project: Path
-    cold: Path
-    """A shell.nix project whose environment takes a 12 s build."""
-    cold_marker: str
-    cache_dir: Path
+    cold: Path | None = None
+    """A shell.nix project whose environment takes a 12 s build (the cold-start test's)."""
+    cold_marker: str = ""
+    cache_dir: Path | None = None
 
     def api(self, path: str) -> object:
         """GET /api/<path> as JSON."""
