@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import queue
 import re
 import shutil
 import signal
@@ -125,7 +126,7 @@ def time_kernel(
     try:
         client.wait_for_ready(timeout=timeout)
         if settle:
-            client.execute_interactive("pass", timeout=timeout)
+            client.execute_interactive("pass", timeout=timeout, output_hook=lambda msg: None)
         return time.perf_counter() - start
     finally:
         client.stop_channels()
@@ -371,10 +372,12 @@ def time_cold_cell(argv: list[str], conn: Path, cwd: Path, timeout: float = 600)
         client.kernel_info()
         client.get_shell_msg(timeout=timeout)
         result["feedback_s"] = time.perf_counter() - start
+        # iopub may connect after shell: make sure it is, or the cell's output can be missed.
+        client.wait_for_ready(timeout=timeout)
         msg_id = client.execute(CELL)
         deadline = time.monotonic() + timeout
         while result["output_s"] is None and time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(queue.Empty):
                 msg = client.get_iopub_msg(timeout=1)
                 if msg["parent_header"].get("msg_id") != msg_id or msg["msg_type"] != "stream":
                     continue

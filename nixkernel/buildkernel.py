@@ -60,7 +60,7 @@ POLL_SECONDS = 0.25
 STOP_GRACE = 5.0
 #: Before the exec, how long no request may have arrived (and the most it waits for that): a
 #: request still on its way as the sockets close is lost, so hand over between requests.
-HAND_OVER_QUIET, HAND_OVER_WAIT = 0.3, 2.0
+HAND_OVER_QUIET, HAND_OVER_WAIT = 0.1, 2.0
 #: Nix lines a cell run mid-build is shown first, to catch up.
 CATCH_UP_LINES = 8
 
