@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import queue
 import re
 import shutil
 import signal
@@ -59,6 +60,9 @@ class Variant(NamedTuple):
     """Runs before each timed start (an edit that should or should not invalidate caches)."""
     env: dict[str, str] | None = None
     """The process environment (default: this one)."""
+    settle: bool = False
+    """Time until the project's kernel answers: a cold nixkernel start answers first from its
+    building kernel (see the cold-start table for that)."""
 
 
 # -- environment -----------------------------------------------------------------------------
@@ -96,9 +100,15 @@ def machine() -> dict[str, str]:
 
 
 def time_kernel(
-    argv: list[str], conn: Path, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+    argv: list[str],
+    conn: Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    settle: bool = False,
 ) -> float:
-    """Seconds from launching ``argv`` to the kernel's first kernel_info reply."""
+    """Seconds from launching ``argv`` to the kernel's first kernel_info reply (``settle``: to
+    the first reply of the project's kernel, through a cell that runs in it)."""
     write_connection_file(str(conn), ip="127.0.0.1", key=b"bench")
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -115,6 +125,8 @@ def time_kernel(
     client.start_channels(hb=False)
     try:
         client.wait_for_ready(timeout=timeout)
+        if settle:
+            client.execute_interactive("pass", timeout=timeout, output_hook=lambda msg: None)
         return time.perf_counter() - start
     finally:
         client.stop_channels()
@@ -192,7 +204,9 @@ def startup_variants(work: Path, flake: Path, shell: Path, cache_dir: Path) -> d
             env=shell_env,
         ),
         "nixkernel, cache warm": Variant(nixkernel_argv, flake),
-        "nixkernel, cache cold (input changed)": Variant(nixkernel_argv, flake, touch_input),
+        "nixkernel, cache cold (input changed)": Variant(
+            nixkernel_argv, flake, touch_input, settle=True
+        ),
         "nix develop -c (every time, a project file edited)": Variant(
             ["nix", "develop", str(flake), "-c", *kernel], flake, edit_project_file
         ),
@@ -215,13 +229,15 @@ def run_variants(variants: dict[str, Variant], work: Path, label: str, reps: int
     """Time each variant ``reps`` times, interleaved; the first variant is the floor."""
     # Warm-up: build everything once and fill the cache, outside the measurements.
     for v in variants.values():
-        time_kernel(v.argv, work / "conn.json", v.cwd, v.env)
+        time_kernel(v.argv, work / "conn.json", v.cwd, v.env, settle=v.settle)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(reps):
         for name, v in variants.items():  # interleaved: round-robin
             if v.prepare:
                 v.prepare()
-            times[name].append(time_kernel(v.argv, work / "conn.json", v.cwd, v.env))
+            times[name].append(
+                time_kernel(v.argv, work / "conn.json", v.cwd, v.env, settle=v.settle)
+            )
     floor = times[next(iter(times))]
     rows = []
     for name, values in times.items():
@@ -317,6 +333,109 @@ def bench_versions(work: Path, let: str, extra: dict, reps: int, versions: list[
             rows += [{**r, "nix": version} for r in run_variants(variants, work, label, reps)]
     finally:
         os.environ["PATH"] = saved_path
+
+
+# -- a cold start: a slow build ---------------------------------------------------------------
+
+#: How long the cold-start table's build takes (a builder printing a line a second).
+SLOW_BUILD_SECONDS = 10
+CELL = "import os; print(os.environ['GREETING'])"
+
+
+def slow_let(tag: str) -> str:
+    script = (
+        f"for i in $(seq 1 {SLOW_BUILD_SECONDS}); do echo step $i; sleep 1; done; "
+        "mkdir -p $out; exit 0"
+    )
+    return (
+        'slow = derivation { system = "x86_64-linux"; builder = "/bin/bash"; '
+        f'name = "bench-slow-{tag}"; PATH = "/usr/bin:/bin"; '
+        f'args = [ "-c" {json.dumps(script)} ]; }};'
+    )
+
+
+def time_cold_cell(argv: list[str], conn: Path, cwd: Path, timeout: float = 600) -> dict:
+    """A user's first minute: launch ``argv``, ask kernel_info and run a cell at once. Seconds to
+    the first kernel_info reply (the first feedback), to the first stderr line in the cell (the
+    build shown), and to the cell's own output (the environment in use)."""
+    write_connection_file(str(conn), ip="127.0.0.1", key=b"bench")
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [a.replace("{connection_file}", str(conn)) for a in argv],
+        cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = BlockingKernelClient(connection_file=str(conn))
+    client.load_connection_file()
+    client.start_channels(hb=False)
+    result: dict = {"feedback_s": None, "progress_s": None, "output_s": None}
+    try:
+        client.kernel_info()
+        client.get_shell_msg(timeout=timeout)
+        result["feedback_s"] = time.perf_counter() - start
+        # iopub may connect after shell: make sure it is, or the cell's output can be missed.
+        client.wait_for_ready(timeout=timeout)
+        msg_id = client.execute(CELL)
+        deadline = time.monotonic() + timeout
+        while result["output_s"] is None and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                msg = client.get_iopub_msg(timeout=1)
+                if msg["parent_header"].get("msg_id") != msg_id or msg["msg_type"] != "stream":
+                    continue
+                name = msg["content"]["name"]
+                if name == "stderr" and result["progress_s"] is None:
+                    result["progress_s"] = time.perf_counter() - start
+                elif name == "stdout":
+                    result["output_s"] = time.perf_counter() - start
+        return result
+    finally:
+        client.stop_channels()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        conn.unlink(missing_ok=True)
+
+
+def bench_cold(work: Path, reps: int) -> list[dict]:
+    """nixkernel's cold start against `nix develop -c`, on a shell whose build takes
+    SLOW_BUILD_SECONDS; every run builds anew (a new derivation name)."""
+    flake = write_flake(
+        work / "cold-flake", {"default": {**DEFAULT_SHELL, "SLOW": Raw("slow")}}, let=slow_let("0")
+    )
+    manager = NixKernelSpecManager(
+        project_dirs=[str(flake)], cache_dir=str(work / "cache-cold"), keep_native_kernels=False
+    )
+    target = next(t for t in manager.refresh() if t.kind == "flake")
+    kernel = ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    variants = {
+        "nixkernel (building kernel, then the project's)": manager.kernel_spec_for(target).argv,
+        "nix develop -c python3 -m ipykernel_launcher": [
+            "nix",
+            "develop",
+            str(flake),
+            "-c",
+            *kernel,
+        ],
+    }
+    flake_nix = flake / "flake.nix"
+    base = flake_nix.read_text()
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    for rep in range(reps):
+        for name, argv in variants.items():  # interleaved, each with a build of its own
+            tag = f"{rep}-{len(runs[name])}-{abs(hash(name)) % 1000}-{time.time_ns()}"
+            flake_nix.write_text(base.replace(slow_let("0"), slow_let(tag)))
+            runs[name].append(time_cold_cell(argv, work / "conn.json", flake))
+    rows = []
+    for name, values in runs.items():
+
+        def median(key: str, values: list[dict] = values) -> float | None:
+            found = [v[key] for v in values if v[key] is not None]
+            return statistics.median(found) if found else None
+
+        rows.append({
+            "variant": name, "feedback_s": median("feedback_s"),
+            "progress_s": median("progress_s"), "output_s": median("output_s"),
+            "runs": len(values),
+        })  # fmt: skip
     return rows
 
 
@@ -473,8 +592,38 @@ def bench_discovery(work: Path, sizes: list[int], reps: int) -> list[dict]:
 # -- report ----------------------------------------------------------------------------------
 
 
+def cold_markdown(cold: list[dict]) -> list[str]:
+    def s(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    out = [
+        f"## A cold start: a dev shell whose build takes {SLOW_BUILD_SECONDS} s",
+        "",
+        "A user's first minute with a project nothing is cached for: launch the kernel, ask "
+        "`kernel_info` (what JupyterLab waits for before the notebook is usable), and run a cell "
+        "at once. *first feedback*: the first `kernel_info` reply. *build shown*: the first "
+        "stderr line in the cell's output (nixkernel streams Nix's progress there). *cell "
+        "output*: the cell's own output, from the project's environment. Every run builds anew "
+        f"(a builder printing a line a second for {SLOW_BUILD_SECONDS} s, under a new name).",
+        "",
+        "| variant | first feedback (s) | build shown (s) | cell output (s) | runs |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in cold:
+        out.append(
+            f"| {r['variant']} | {s(r['feedback_s'])} | {s(r['progress_s'])} | "
+            f"{s(r['output_s'])} | {r['runs']} |"
+        )
+    return [*out, ""]
+
+
 def markdown(
-    info: dict, heavy: tuple[int, float], startup: list[dict], disc: list[dict], by_nix: list[dict]
+    info: dict,
+    heavy: tuple[int, float],
+    startup: list[dict],
+    disc: list[dict],
+    by_nix: list[dict],
+    cold: list[dict],
 ) -> str:
     out = ["# Benchmarks", "", "Generated by `python benchmarks/run.py"
            + (" --quick" if info.get("quick") else "") + "`. Machine:", ""]  # fmt: skip
@@ -497,7 +646,9 @@ def markdown(
         f"computation (`builtins.foldl'` over `builtins.genList {heavy[0]}` hashing strings; "
         f"`nix eval` of it took {heavy[1]:.2f} s here). **It stands in for evaluating nixpkgs**, "
         "which these offline machines do not have.",
-        "- *cold* = first start after a content change in `flake.nix` (re-evaluation).",
+        "- *cold* = first start after a content change in `flake.nix` (re-evaluation), timed to "
+        "the first reply of the project's kernel (the building kernel answers before it: see "
+        "the cold-start table).",
         "- `nix develop`, *a project file edited*: before each run a tracked file that is not a "
         "Nix input (`analysis.py`) changes, as it does between two kernel starts in real work. "
         "Nix's flake evaluation cache is keyed by the flake's whole source, so it misses and Nix "
@@ -533,6 +684,7 @@ def markdown(
                 f"{r['max_s']:.3f} | {r['ratio']:.2f}x | {r['runs']} |"
             )
         out.append("")
+    out += cold_markdown(cold)
     out += [
         "## Discovery",
         "",
@@ -675,8 +827,11 @@ def main() -> None:
                 f"  {r['nix']:5} {r['variant']:45} {r['median_s']:7.3f} s  {r['ratio']:.2f}x",
                 flush=True,
             )
+        cold = bench_cold(work, 1 if args.quick else 3)
+        for r in cold:
+            print(f"  cold {r['variant']:50} {r}", flush=True)
         disc = bench_discovery(work, sizes, 3 if args.quick else 5)
-        text = markdown(info, (n, took), startup, disc, by_nix)
+        text = markdown(info, (n, took), startup, disc, by_nix, cold)
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(text)
         print()

@@ -117,6 +117,21 @@ c = get_config()  # noqa: F821  (provided by Jupyter when it loads this file)
 ## Type: List. Default: [].
 # c.NixKernelSpecManager.hide_kernelspecs = ["ir"]
 
+## Under a server: re-evaluate in the background, one at a time, the environments of kernels
+## started in the last keep_fresh_hours hours once their Nix files change (and then stay unchanged
+## for keep_fresh_interval seconds), so the next start is warm. What it does goes to the server's
+## log.
+## Type: Bool. Default: True.
+# c.NixKernelSpecManager.keep_fresh = True
+
+## How long after its last start an environment is kept fresh (keep_fresh).
+## Type: Float. Default: 12.0.
+# c.NixKernelSpecManager.keep_fresh_hours = 12.0
+
+## Seconds between two looks at the recently used environments (keep_fresh).
+## Type: Float. Default: 10.0.
+# c.NixKernelSpecManager.keep_fresh_interval = 10.0
+
 ## Extra Nix flags per project: {directory or glob: [flags]}, e.g. {"~/work/devenv-app":
 ## ["--impure"], "~/work/*": ["--option", "allow-import-from-derivation", "false"]}. They are given
 ## to every evaluation of the matching project's environments (`nix print-dev-env`, and `nix

@@ -418,15 +418,26 @@ class EnvironmentCache:
         nix_executable: str | None = None,
         allow_stale: bool = True,
         on_line: Callable[[str], None] | None = None,
+        on_miss: Callable[[str], None] | None = None,
+        failure_since: float | None = None,
     ) -> Resolved:
         """A usable environment for ``source``: the cached one if fresh, else a new evaluation
         (once, under the slot's lock, however many launchers ask at the same time). If the
-        evaluation fails and ``allow_stale``, the previous environment, with a warning."""
+        evaluation fails and ``allow_stale``, the previous environment, with a warning.
+
+        ``on_miss(state)`` runs before anything waits on Nix or on the lock (the launcher execs
+        its building kernel there). An evaluation that failed under the same inputs while this
+        call waited for the lock (or since ``failure_since``) is not run again: its error is
+        taken as this call's own."""
         slot = self.slot(source)
         nix_path = _nix_or_none(nix_executable)
         entry = self.load(slot)
-        if self.state(entry, source, nix_path) == FRESH:
+        state = self.state(entry, source, nix_path)
+        if state == FRESH:
             return Resolved(self.with_kernels(slot, source, entry), FRESH)  # type: ignore[arg-type]
+        if on_miss is not None and nix_path is not None:
+            on_miss(state)
+        since = time.time() if failure_since is None else failure_since
         with self.lock(slot):
             # Another launcher may have evaluated while we waited for the lock.
             entry = self.load(slot)
@@ -438,7 +449,7 @@ class EnvironmentCache:
                     nix.find_nix(nix_executable)  # raises the actionable "not found" error
                 assert nix_path is not None
                 started = time.monotonic()
-                entry = self.evaluate(source, nix_path, on_line)
+                entry = self._evaluate_once(source, nix_path, on_line, entry, since)
                 return Resolved(entry, FRESH, True, time.monotonic() - started)
             except nix.NixKernelError as exc:
                 if state == STALE and allow_stale and entry is not None:
@@ -456,6 +467,36 @@ class EnvironmentCache:
             if KERNELS_FIELD not in entry:
                 entry.update(_detect_kernels(source, entry["variables"]))
                 self.store(slot, entry)
+        return entry
+
+    def _evaluate_once(
+        self,
+        source: NixSource,
+        nix_path: str,
+        on_line: Callable[[str], None] | None,
+        previous: dict | None,
+        since: float,
+    ) -> dict:
+        """:meth:`evaluate` under the lock, with its output in the slot's build log; or the
+        error of the same evaluation that failed at or after ``since`` (waiters take the
+        holder's failure instead of running it again, unless an input changed meanwhile)."""
+        from . import buildlog  # a miss: the warm path never imports it
+
+        slot = self.slot(source)
+        watched = set(watched_inputs(source))
+        if previous is not None:
+            watched.update(previous["key"].get("inputs", {}))
+        key = self.key(source, nix_path, sorted(watched))
+        failure = buildlog.recorded_failure(slot, key, since)
+        if failure is not None:
+            raise failure
+        try:
+            with buildlog.writing(slot, source.describe(), on_line) as tee:
+                entry = self.evaluate(source, nix_path, tee)
+        except nix.NixKernelError as exc:
+            buildlog.record_failure(slot, key, exc)
+            raise
+        buildlog.clear_failure(slot)
         return entry
 
     def ensure_all(

@@ -32,7 +32,7 @@ from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from jupyter_core.paths import jupyter_data_dir
 from traitlets import Bool, Instance, Int, List, Unicode
 
-from . import __version__, doctor, kernels, nix, serverconfig
+from . import __version__, buildlog, doctor, kernels, nix, serverconfig
 from .cache import NONE, STALE, CacheEntry, SlotSource, watched_inputs
 from .describe import KIND_AUTO, KernelTarget, NixSource
 from .environment import kernel_environment
@@ -459,6 +459,7 @@ jupyter nixkernel show nix-api-flake-0123456789 --json
                     "kernels": [k.name for k in shell.kernels],
                     "notes": list(shell.notes),
                 }
+            info["cache"].update(evaluation_info(cached.slot))
         else:
             info["cache"] = {"state": NONE, "note": "no Nix environment to cache"}
         if self.show_env:
@@ -489,8 +490,29 @@ def carried_kernels(entry: dict) -> str:
     return "; kernels: " + ", ".join(names)
 
 
-def _when(timestamp: float | None) -> str | None:
-    if timestamp is None:
+def evaluation_info(slot: str) -> dict[str, Any]:
+    """An evaluation running now in ``slot`` (someone holds its lock: a kernel's build, `warm`),
+    and the last evaluation's failure, recorded until the next success."""
+    running = buildlog.running(slot)
+    failure = buildlog.last_failure(slot)
+    if running is not None:
+        running = {
+            **running,
+            "started": _when(running["started"]),
+            "log": os.path.join(slot, buildlog.LOG_FILE),
+        }
+    if failure is not None:
+        error = nix.NixEvaluationError(
+            str(failure.get("message", "")),
+            str(failure.get("hint", "")),
+            str(failure.get("details", "")),
+        )
+        failure = {"at": _when(failure["at"]), "error": str(error)}
+    return {"evaluation": running, "last_failure": failure}
+
+
+def _when(timestamp: object) -> str | None:
+    if not isinstance(timestamp, int | float):
         return None
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
@@ -541,6 +563,18 @@ def print_show(info: dict[str, Any]) -> None:
         print(f"The shell carries: python3 {python}ipykernel); kernels: {found}")
         for note in carries["notes"]:
             print(f"  note: {note}")
+    running = cache.get("evaluation")
+    if running is not None:
+        since = f" since {running['started']}" if running.get("started") else ""
+        pid = f" (pid {running['pid']})" if running.get("pid") else ""
+        print(f"  evaluation  running now{since}{pid}; its output: {running['log']}")
+        if running.get("last_line"):
+            print(f"              last line: {running['last_line']}")
+    failure = cache.get("last_failure")
+    if failure is not None:
+        print(f"  last evaluation failed ({failure['at']}):")
+        for line in failure["error"].splitlines():
+            print(f"    {line}")
     if "env" in info:
         if info.get("env_note"):
             print(f"Environment:  {info['env_note']}")

@@ -8,6 +8,7 @@ notebook.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -94,7 +95,23 @@ def main(argv: list[str] | None = None) -> None:
         del argv[i : i + 2]
     print(f"[nixkernel] starting the fallback kernel:\n{message}", file=sys.stderr, flush=True)
     FallbackKernel.message = message
+    if os.environ.get("NIXKERNEL_REPLAY"):
+        # Cells run while the building kernel waited for Nix: they get the reason too.
+        _handover().launch(kernel_class=FallbackKernel, argv=argv)
+        return
     IPKernelApp.launch_instance(argv=argv, kernel_class=FallbackKernel)
+
+
+def _handover() -> Any:
+    """nixkernel/boot/handover.py (a file run by path in the project's Python, not a module)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot", "handover.py")
+    spec = importlib.util.spec_from_file_location("nixkernel_handover", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

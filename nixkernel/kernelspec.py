@@ -274,6 +274,22 @@ class NixKernelSpecManager(KernelSpecManager):
         Python with ipykernel ships, is never offered apart: it is the shell's Python kernel.""",
     ).tag(config=True)
 
+    keep_fresh = Bool(
+        True,
+        help="""Under a server: re-evaluate in the background, one at a time, the environments of
+        kernels started in the last keep_fresh_hours hours once their Nix files change (and then
+        stay unchanged for keep_fresh_interval seconds), so the next start is warm. What it does
+        goes to the server's log.""",
+    ).tag(config=True)
+
+    keep_fresh_interval = Float(
+        10.0, help="Seconds between two looks at the recently used environments (keep_fresh)."
+    ).tag(config=True)
+
+    keep_fresh_hours = Float(
+        12.0, help="How long after its last start an environment is kept fresh (keep_fresh)."
+    ).tag(config=True)
+
     @default("project_dirs")
     def _default_project_dirs(self) -> list[str]:
         # The server's root directory: the ServerApp's own, or (for the command line, which
@@ -385,6 +401,7 @@ class NixKernelSpecManager(KernelSpecManager):
         self._missing_dirs = [
             d for d in self.project_dirs if not os.path.isdir(os.path.expanduser(d))
         ]
+        self._freshener: Any = None
 
     # -- discovery -------------------------------------------------------------------------
 
@@ -876,10 +893,24 @@ class NixKernelSpecManager(KernelSpecManager):
         if target is not None:
             if not self.allowed(target.name):
                 raise NoSuchKernel(kernel_name)
+            self._note_started(target)
             return self.kernel_spec_for(target)
         if self.keep_native_kernels:
             return super().get_kernel_spec(kernel_name)
         raise NoSuchKernel(kernel_name)
+
+    def _note_started(self, target: KernelTarget) -> None:
+        """A kernel of ``target`` starts: keep its environment fresh from now on (keep_fresh)."""
+        if not self.keep_fresh or self.launch_mode != MODE_CACHED or not self._thread_allowed():
+            return
+        source = target_source(target, self.venv_library_shell or None)
+        if source is None:
+            return
+        if self._freshener is None:
+            from .freshen import Freshener
+
+            self._freshener = Freshener(self)
+        self._freshener.note(source)
 
     def get_all_specs(self) -> dict[str, dict[str, Any]]:
         """Every kernelspec, from memory (nixkernel's are built once per scan).

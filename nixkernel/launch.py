@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 from . import environment, nix
@@ -44,6 +44,12 @@ BOOT_SCRIPT = os.path.join(_BOOT, "ipykernel_launcher.py")
 FALLBACK_SCRIPT = os.path.join(_BOOT, "fallback.py")
 #: The launcher's entry script, run with ``python -S`` (see nixkernel/boot/launcher.py).
 LAUNCHER = os.path.join(_BOOT, "launcher.py")
+
+#: Set by the building kernel when it execs the launcher again (see nixkernel/building.py): the
+#: time its build started. That launcher does not hand over again, and takes that build's failure.
+BUILT_VARIABLE = "NIXKERNEL_BUILT"
+#: The stale environment's warning, for the kernel to show in the first cell (boot/handover.py).
+STALE_WARNING_VARIABLE = "NIXKERNEL_STALE_WARNING"
 
 
 class Launch(NamedTuple):
@@ -165,17 +171,26 @@ def plan_cached(
     shell_vars: Mapping[str, str] = {}
     rc = ""
     model: Mapping | None = None
+    stale_notice = ""
     if source is not None:
         cache = EnvironmentCache(args.cache_dir)
-        resolved = cache.ensure(source, args.nix or None, allow_stale=args.stale, on_line=log)
+        on_miss, failure_since = building_hooks(args, server_env)
+        resolved = cache.ensure(
+            source, args.nix or None, allow_stale=args.stale, on_line=log,
+            on_miss=on_miss, failure_since=failure_since,
+        )  # fmt: skip
         if resolved.state == STALE:
             log(resolved.warning)
+            from .building import stale_notice as notice  # not on the warm path
+
+            stale_notice = notice(resolved.warning, target)
         elif resolved.evaluated:
             log(f"evaluated {source.describe()} and cached it")
         shell_vars, rc = resolved.entry["variables"], resolved.entry["rc"]
         model = resolved.entry["shell"]
     cwd = os.getcwd()
     env = environment.kernel_environment(shell_vars, server_env, target.venv, model, cwd)
+    env.pop(BUILT_VARIABLE, None)
     if model is not None:
         try:
             env.update(environment.temporary_directory(model, server_env))
@@ -194,6 +209,8 @@ def plan_cached(
         env["NIXKERNEL_FALLBACK_PYTHON"] = sys.executable
         env["NIXKERNEL_IPYKERNEL_HINT"] = ipykernel_hint(target)
         kernel = [python, BOOT_SCRIPT, "-f", args.connection_file]
+        if stale_notice:  # the boot script shows it in the first cell's output
+            env[STALE_WARNING_VARIABLE] = stale_notice
     if not rc:
         return Launch(python, kernel, env)
     if not target.venv and not args.spec:
@@ -239,6 +256,32 @@ def missing_kernel(target: KernelTarget, spec: str, entry: dict | None) -> NixKe
         hint="Pick one of the project's kernels that `jupyter nixkernel list` shows now "
         "(after `jupyter nixkernel warm` if its Nix files changed).",
     )
+
+
+def building_hooks(
+    args: argparse.Namespace, server_env: Mapping[str, str]
+) -> tuple[Callable[[str], None] | None, float | None]:
+    """``(on_miss, failure_since)`` for :meth:`EnvironmentCache.ensure`.
+
+    The launcher the server started (``main``) hands a miss over to the building kernel, which
+    answers the client at once and shows Nix's progress. The launcher that kernel execs when the
+    build ended does not hand over again, and takes that build's failure as its own."""
+    built = server_env.get(BUILT_VARIABLE)
+    if built is not None:
+        try:
+            return None, float(built)
+        except ValueError:
+            return None, None
+    launcher_argv = getattr(args, "launcher_argv", None)
+    if launcher_argv is None:
+        return None, None
+
+    def on_miss(state: str) -> None:
+        from .building import exec_building_kernel
+
+        exec_building_kernel(launcher_argv, state)  # returns only if it cannot
+
+    return on_miss, None
 
 
 def plan_direct(
@@ -368,7 +411,9 @@ def fallback(message: str, connection_file: str, language: str | None = None) ->
     argv = [sys.executable, FALLBACK_SCRIPT, "--message", message, "-f", connection_file]
     if language:
         argv[2:2] = ["--language", language]
-    return Launch(sys.executable, argv, dict(os.environ))
+    env = dict(os.environ)
+    env.pop(BUILT_VARIABLE, None)
+    return Launch(sys.executable, argv, env)
 
 
 def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
@@ -391,6 +436,8 @@ def plan(args: argparse.Namespace, server_env: Mapping[str, str]) -> Launch:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Only the launcher process itself may hand a miss over to the building kernel (an exec).
+    args.launcher_argv = list(sys.argv[1:] if argv is None else argv)
     launch = plan(args, os.environ)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -424,11 +424,7 @@ def print_dev_env(
     env = _evaluation_environment(source, env)
     debug = "--debug" in log_flags
 
-    def relay(line: str) -> None:
-        if on_line is not None and not _is_chatter(line) and (not debug or _is_notice(line)):
-            on_line(line)
-
-    status, stdout, lines = _run_streaming(argv, env, relay)
+    status, stdout, lines = _run_streaming(argv, env, _without_chatter(on_line, debug))
     if status != 0:
         raise explain_failure(source, lines, status)
     try:
@@ -618,6 +614,27 @@ def kill_process_group(proc: Any) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         proc.communicate()
+
+
+def _without_chatter(
+    on_line: Callable[[str], None] | None, notices_only: bool = False
+) -> Callable[[str], None]:
+    """``on_line`` minus the ``-vv`` chatter, all of it: ``using builder args '-c ...'`` spans
+    the builder's whole script when it has several lines, up to the closing quote. With
+    ``notices_only`` (``--debug`` output, Lix), only what Nix shows at its default verbosity."""
+    continuing = False
+
+    def relay(line: str) -> None:
+        nonlocal continuing
+        if continuing:
+            continuing = not line.rstrip().endswith("'")
+        elif _is_chatter(line):
+            stripped = line.strip()
+            continuing = stripped.startswith("using builder args '") and not stripped.endswith("'")
+        elif on_line is not None and (not notices_only or _is_notice(line)):
+            on_line(line)
+
+    return relay
 
 
 def _is_chatter(line: str) -> bool:

@@ -17,7 +17,7 @@ from helpers import (
     _python_for_users,
     daemon_config,
     nix_daemon_process,
-    run_in_kernel,
+    run_in_settled_kernel,
 )
 
 from nixkernel.kernelspec import NixKernelSpecManager
@@ -178,7 +178,9 @@ def manager_factory(tmp_path: Path):
 
 @pytest.fixture
 def kernel_runner():
-    return run_in_kernel
+    # Asks which kernel answered after the cell: a cold start's first kernel_info reply comes
+    # from nixkernel's building kernel (tests/test_building.py).
+    return run_in_settled_kernel
 
 
 # -- a Nix daemon on a private socket, and ordinary users to reach it as -------------------------

@@ -308,3 +308,29 @@ def run_cli(
         cwd=None if cwd is None else str(cwd),
         timeout=timeout,
     )
+
+
+def run_in_settled_kernel(
+    manager: NixKernelSpecManager,
+    name: str,
+    code: str,
+    cwd: str | os.PathLike,
+    timeout: float = 120,
+) -> KernelRun:
+    """:func:`run_in_kernel`, asking which kernel answers (``implementation``) *after* the cell:
+    on a cold start the first ``kernel_info`` reply comes from nixkernel's building kernel,
+    while the cell runs in the kernel it becomes (the project's, or the fallback)."""
+    run = KernelRun()
+    with running_kernel(manager, name, cwd, timeout) as (_km, kc):
+
+        def hook(msg: dict) -> None:
+            if msg["msg_type"] == "stream":
+                name_ = msg["content"]["name"]
+                setattr(run, name_, getattr(run, name_) + msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                run.errors.append(msg["content"])
+
+        kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        reply = kc.kernel_info(reply=True, timeout=timeout)
+        run.implementation = reply["content"].get("implementation", "")
+    return run

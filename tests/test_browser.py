@@ -1,6 +1,7 @@
 """JupyterLab in Chromium (Playwright on Debian's chromium): a user opens a notebook in a flake
 project, picks the project's kernel in the Select Kernel dialog, runs a cell, and sees the
-dev shell's variable in the output."""
+dev shell's variable in the output; on a project nothing is cached for, the cell shows the
+build's progress, then its result."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ import nbformat
 import pytest
 from helpers import require
 from nixprojects import DEFAULT_SHELL, write_flake
+from test_building import slow_project
+
+from nixkernel.cache import ENTRY_FILE, EnvironmentCache
+from nixkernel.describe import NixSource
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
@@ -36,6 +41,8 @@ CHROMIUM_ARGS = [
 GREETING = "hello from the project's flake"
 SERVER_START_TIMEOUT = 60
 KERNEL_TIMEOUT_MS = 60_000  # a first start evaluates the dev shell with Nix
+STDOUT = '[data-mime-type="application/vnd.jupyter.stdout"]'
+STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
 
 pytestmark = pytest.mark.browser
 
@@ -46,6 +53,10 @@ class Lab:
     token: str
     root: Path
     project: Path
+    cold: Path | None = None
+    """A shell.nix project whose environment takes a 12 s build (the cold-start test's)."""
+    cold_marker: str = ""
+    cache_dir: Path | None = None
 
     def api(self, path: str) -> object:
         """GET /api/<path> as JSON."""
@@ -106,7 +117,8 @@ def running_lab(root: Path, project: Path, cache: Path, tmp_path: Path) -> Itera
     ]  # fmt: skip
     with log.open("w") as out:
         process = subprocess.Popen(argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project)
+    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project, cold, cold_marker,
+              tmp_path / "cache")  # fmt: skip
     try:
         wait_for_server(process, lab, log)
         yield lab
@@ -125,17 +137,20 @@ def lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
     the installed config.d file (as after `pip install nixkernel`)."""
     root = tmp_path / "root"
     project = write_flake(root / "proj", {"default": {**DEFAULT_SHELL, "GREETING": GREETING}})
+    cold, cold_marker = slow_project(root / "cold", seconds=12)
     with running_lab(root, project, tmp_path / "cache", tmp_path) as lab:
+        lab.cold, lab.cold_marker, lab.cache_dir = cold, cold_marker, tmp_path / "cache"
         yield lab
 
 
-def project_kernel(lab: Lab) -> dict:
+def project_kernel(lab: Lab, project: Path | None = None) -> dict:
+    project = project or lab.project
     specs = lab.api("kernelspecs")["kernelspecs"]  # type: ignore[index]
     for model in specs.values():
-        if model["spec"]["metadata"].get("nixkernel", {}).get("project") == str(lab.project):
+        if model["spec"]["metadata"].get("nixkernel", {}).get("project") == str(project):
             return model
     pytest.fail(
-        f"no nixkernel kernel for {lab.project} in {sorted(specs)}: is nixkernel installed "
+        f"no nixkernel kernel for {project} in {sorted(specs)}: is nixkernel installed "
         "(pip install -e .), so that jupyter_server_config.d/nixkernel.json enables it?"
     )
 
@@ -185,7 +200,8 @@ def test_pick_project_kernel_in_jupyterlab_and_run_a_cell(lab: Lab):
 
             panel.locator(".jp-Cell").first.click()
             page.keyboard.press("Shift+Enter")
-            output = panel.locator(".jp-OutputArea-output").first
+            # stdout: on a cold start the cell also shows the build's progress, on stderr.
+            output = panel.locator(STDOUT).first
             expect(output).to_have_text(GREETING, timeout=KERNEL_TIMEOUT_MS)
 
             page.screenshot(path=str(screenshot), full_page=True)
@@ -201,3 +217,57 @@ def test_pick_project_kernel_in_jupyterlab_and_run_a_cell(lab: Lab):
     assert [(s["path"], s["kernel"]["name"]) for s in sessions] == [  # type: ignore[union-attr]
         ("proj/demo.ipynb", kernel["name"])
     ]
+
+
+def test_a_cold_project_shows_its_build_in_the_cell_then_the_result(lab: Lab):
+    """A notebook of a project nothing is cached for: the kernel is usable (idle) within
+    seconds while Nix builds, the cell run at once shows the build's progress before the
+    environment is cached, then its own output from the environment, without a re-run. A
+    screenshot of each stage goes to test-artifacts/."""
+    require("chromium")
+    from playwright.sync_api import expect, sync_playwright
+
+    kernel = project_kernel(lab, lab.cold)
+    notebook = lab.cold / "cold.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": kernel["name"],
+        "display_name": kernel["spec"]["display_name"],
+        "language": "python",
+    }
+    nb.cells.append(nbformat.v4.new_code_cell('import os; print(os.environ["GREETING"])'))
+    nbformat.write(nb, notebook)
+    entry = Path(EnvironmentCache(str(lab.cache_dir)).slot(
+        NixSource("file", str(lab.cold / "shell.nix"))
+    )) / ENTRY_FILE  # fmt: skip
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(30_000)
+        try:
+            page.goto(f"{lab.url}lab/tree/cold/cold.ipynb?token={lab.token}")
+            panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+            # Usable long before the 12 s build ends: no "Connecting" for its duration.
+            status = page.get_by_role("button", name="cold (shell.nix) | Idle")
+            expect(status).to_be_visible(timeout=10_000)
+            cell = panel.locator(".jp-Cell").first
+            cell.click()
+            page.keyboard.press("Shift+Enter")
+            expect(cell.locator(".jp-InputPrompt")).to_have_text("[*]:")
+            progress = panel.locator(STDERR).first
+            expect(progress).to_contain_text(f"-{lab.cold_marker}.drv", timeout=30_000)
+            assert not entry.exists(), "the build had ended: nothing to see"
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cold-building.png"), full_page=True)
+
+            expect(panel.locator(STDOUT).first).to_have_text(
+                lab.cold_marker, timeout=KERNEL_TIMEOUT_MS
+            )
+            expect(progress).to_contain_text("the environment is ready")
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cold-result.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-cold-failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()

@@ -209,6 +209,8 @@ def test_eight_kernels_of_one_cold_environment_start_and_nix_evaluates_once(
             clients.append(kc)
         for kc in clients:
             kc.wait_for_ready(timeout=180)
+            # A cell runs in the kernel the building kernel (if any) hands over to.
+            kc.execute_interactive("pass", timeout=180)
             reply = kc.kernel_info(reply=True, timeout=60)
             assert reply["content"]["implementation"] == "ipython"  # not the fallback kernel
     finally:

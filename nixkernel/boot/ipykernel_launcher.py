@@ -76,4 +76,17 @@ if _refusal:
     _argv = [_fallback_python, "-E", _boot, "--message", _refusal]
     os.execv(_fallback_python, _argv + sys.argv[1:])
 
-kernelapp.launch_new_instance()
+
+if os.environ.get("NIXKERNEL_REPLAY") or os.environ.get("NIXKERNEL_STALE_WARNING"):
+    # Cells run while nixkernel built this environment, or a warning for the first cell.
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "nixkernel_handover",
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "handover.py"),
+    )
+    _handover = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_handover)
+    _handover.launch()
+else:
+    kernelapp.launch_new_instance()
