@@ -58,9 +58,11 @@ QUIET_FIRST, QUIET_EVERY = 5.0, 10.0
 POLL_SECONDS = 0.25
 #: How long Nix gets to stop after SIGTERM before its process group is killed.
 STOP_GRACE = 5.0
-#: Before the exec, how long no request may have arrived (and the most it waits for that): a
-#: request still on its way as the sockets close is lost, so hand over between requests.
-HAND_OVER_QUIET, HAND_OVER_WAIT = 0.1, 2.0
+#: Before the exec, how long no request may have arrived (and the most it waits for that). A
+#: request still on its way as the sockets close is lost (ZMQ has no acknowledgements), and
+#: clients often send their first cell a few tenths of a second after kernel_info (as
+#: jupyter_client's wait_for_ready does): hand over in a pause longer than that.
+HAND_OVER_QUIET, HAND_OVER_WAIT = 1.0, 3.0
 #: Nix lines a cell run mid-build is shown first, to catch up.
 CATCH_UP_LINES = 8
 
