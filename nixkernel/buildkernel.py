@@ -58,9 +58,13 @@ QUIET_FIRST, QUIET_EVERY = 5.0, 10.0
 POLL_SECONDS = 0.25
 #: How long Nix gets to stop after SIGTERM before its process group is killed.
 STOP_GRACE = 5.0
-#: Before the exec, how long no request may have arrived (and the most it waits for that): a
-#: request still on its way as the sockets close is lost, so hand over between requests.
-HAND_OVER_QUIET, HAND_OVER_WAIT = 0.1, 2.0
+#: Before the exec, how long no request may have arrived (and the most it waits for that). A
+#: request still on its way as the sockets close is lost (ZMQ has no acknowledgements), and
+#: clients often send their first cell a few tenths of a second after kernel_info (as
+#: jupyter_client's wait_for_ready does): after any other request, hand over in a pause longer
+#: than that. After a cell, its client waits for the reply (the cells of a "run all" come
+#: within milliseconds of each other).
+HAND_OVER_QUIET, HAND_OVER_QUIET_AFTER_CELL, HAND_OVER_WAIT = 1.0, 0.1, 3.0
 #: Nix lines a cell run mid-build is shown first, to catch up.
 CATCH_UP_LINES = 8
 
@@ -207,6 +211,7 @@ class BuildingKernel:
         self.interrupted = False
         self.done_at = 0.0
         self.last_request_at = 0.0
+        self.last_request_was_cell = False
         self.worker: subprocess.Popen | None = None
         self.follower: buildlog.LogFollower | None = None
         self.progress = _Progress()
@@ -271,6 +276,7 @@ class BuildingKernel:
             request = self.wire.parse(frames)
             if request is not None:
                 self.last_request_at = time.monotonic()
+                self.last_request_was_cell = request.msg_type == "execute_request"
                 self._handle(name, request)
                 if self.phase == "exit":
                     return
@@ -474,7 +480,8 @@ class BuildingKernel:
 
     def _quiet_enough(self) -> bool:
         now = time.monotonic()
-        return now - self.last_request_at >= HAND_OVER_QUIET or now - self.done_at >= HAND_OVER_WAIT
+        quiet = HAND_OVER_QUIET_AFTER_CELL if self.last_request_was_cell else HAND_OVER_QUIET
+        return now - self.last_request_at >= quiet or now - self.done_at >= HAND_OVER_WAIT
 
     def _hand_over(self) -> None:
         """Exec the launcher again (warm now): the project's kernel, with the kept cells."""
