@@ -117,8 +117,7 @@ def running_lab(root: Path, project: Path, cache: Path, tmp_path: Path) -> Itera
     ]  # fmt: skip
     with log.open("w") as out:
         process = subprocess.Popen(argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
-    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project, cold, cold_marker,
-              tmp_path / "cache")  # fmt: skip
+    lab = Lab(f"http://127.0.0.1:{port}/", token, root, project, cache_dir=cache)
     try:
         wait_for_server(process, lab, log)
         yield lab
@@ -139,7 +138,7 @@ def lab(nix: str, tmp_path: Path) -> Iterator[Lab]:
     project = write_flake(root / "proj", {"default": {**DEFAULT_SHELL, "GREETING": GREETING}})
     cold, cold_marker = slow_project(root / "cold", seconds=12)
     with running_lab(root, project, tmp_path / "cache", tmp_path) as lab:
-        lab.cold, lab.cold_marker, lab.cache_dir = cold, cold_marker, tmp_path / "cache"
+        lab.cold, lab.cold_marker = cold, cold_marker
         yield lab
 
 
