@@ -50,6 +50,7 @@ import zmq
 from . import __version__, buildlog, launch
 from .building import EVALUATE_SCRIPT, PARENT_VARIABLE, REPLAY_VARIABLE
 from .cache import STALE, EnvironmentCache
+from .kernels import language_info
 from .nix import log
 
 #: Seconds without a line from Nix before the first "still building" line, then between them.
@@ -72,14 +73,6 @@ PROTOCOL_VERSION = "5.3"
 DELIMITER = b"<IDS|MSG>"
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "boot", "launcher.py")
 _PREFIX = "[nixkernel] "
-LANGUAGE_INFO = {
-    "name": "python",
-    "mimetype": "text/x-python",
-    "file_extension": ".py",
-    "codemirror_mode": {"name": "ipython", "version": 3},
-    "pygments_lexer": "ipython3",
-    "nbconvert_exporter": "python",
-}
 
 
 class Unsupported(Exception):
@@ -98,6 +91,11 @@ class Plan:
     connection_file: str
     what: str = "this environment"
     slot: str | None = None
+    language: str = "python"
+    """The language of the kernel it stands for (its ``language_info``)."""
+    replayable: bool = True
+    """Whether the kernel it becomes runs the kept cells (ipykernel, through boot/handover.py).
+    Kernels of other languages cannot: their cells are told to run again."""
 
 
 @dataclass
@@ -200,11 +198,15 @@ class BuildingKernel:
             if kind == zmq.ROUTER:
                 socket.router_handover = 1  # a client that reconnects takes its identity back
             if kind == zmq.XPUB:
-                socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, for iopub_welcome
+                # Every subscription and unsubscription: for iopub_welcome, and to count the
+                # subscribers the project's kernel waits for before it runs the kept cells.
+                socket.setsockopt(zmq.XPUB_VERBOSER, 1)
             port = connection[f"{name}_port"]
             socket.bind(f"ipc://{ip}-{port}" if transport == "ipc" else f"tcp://{ip}:{port}")
             self.sockets[name] = socket
         self.held: list[Request] = []
+        self.subscribers = 0
+        self.outcome = ""
         self.introduced: set[str] = set()
         self.phase = "building"  # then "handing-over", or "cancelled"
         self.cancelling = False
@@ -315,7 +317,7 @@ class BuildingKernel:
                 "protocol_version": PROTOCOL_VERSION,
                 "implementation": "nixkernel-building",
                 "implementation_version": __version__,
-                "language_info": LANGUAGE_INFO,
+                "language_info": language_info(self.plan.language),
                 "banner": "nixkernel: Nix is building this kernel's environment",
                 "help_links": [],
                 "debugger": False,
@@ -355,7 +357,10 @@ class BuildingKernel:
         self._publish("stream", {"name": "stderr", "text": text}, request)
 
     def _subscription(self, frame: bytes) -> None:
+        if frame[:1] == b"\x00":
+            self.subscribers -= 1
         if frame[:1] == b"\x01":  # JEP 65: tell the new subscriber its subscription is live
+            self.subscribers += 1
             topic = frame[1:]
             message = self.wire.message(
                 "iopub_welcome", {"subscription": topic.decode(errors="replace")}
@@ -463,7 +468,7 @@ class BuildingKernel:
         except (ValueError, IndexError):
             result = {"state": "error", "message": f"the worker exited with status {status}"}
         elapsed = time.monotonic() - self.progress.started
-        state = result.get("state")
+        state = self.outcome = str(result.get("state"))
         if state == "error":
             text = f"the evaluation failed after {elapsed:.0f} s: the error follows."
         elif state == STALE:
@@ -486,9 +491,15 @@ class BuildingKernel:
     def _hand_over(self) -> None:
         """Exec the launcher again (warm now): the project's kernel, with the kept cells."""
         self._receive("shell")  # what arrived since the last look: kept, not lost
-        self.sockets.pop("shell").close(linger=0)
+        # A failure starts the fallback kernel, which runs kept cells whatever the language.
+        run_again = bool(self.held) and not self.plan.replayable and self.outcome != "error"
+        if run_again:
+            self._answer_run_again()
+        self.sockets.pop("shell").close(linger=1000 if run_again else 0)
         env = dict(self.plan.env, **{launch.BUILT_VARIABLE: repr(self.since)})
-        if self.held:
+        if self.plan.replayable or self.outcome == "error":
+            # Even with no cell kept: the kernel holds its first cells until the clients are
+            # back on iopub (boot/handover.py), and needs to know how many there were.
             self._write_pending()
             env[REPLAY_VARIABLE] = self.pending_path
         self._close(linger_ms=1000)  # what was published leaves before the process is replaced
@@ -500,6 +511,7 @@ class BuildingKernel:
     def _write_pending(self) -> None:
         record = {
             "version": 1,
+            "subscribers": self.subscribers,
             "messages": [
                 {"frames": [base64.b64encode(f).decode() for f in request.frames]}
                 for request in self.held
@@ -510,6 +522,18 @@ class BuildingKernel:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
         os.replace(tmp, self.pending_path)
+
+    def _answer_run_again(self) -> None:
+        """Tell the kept cells the environment is ready and to run them again (the kernel it
+        becomes cannot run them for their clients)."""
+        firsts = self._firsts()
+        for request in self.held:
+            text = (
+                f"{_PREFIX}{self.plan.what} is ready and its {self.plan.language} kernel is "
+                "starting: run this cell again."
+            )
+            self._finish(request, request in firsts, "EnvironmentReady", text, [text])
+        self.held = []
 
     def _close(self, linger_ms: int) -> None:
         self.sockets["iopub"].linger = linger_ms
@@ -544,26 +568,41 @@ class BuildingKernel:
             os.unlink(self.pending_path)
 
     def _answer_cancelled(self, request: Request, first: bool) -> None:
-        """The first cell of a session gets the error; the ones queued behind it are aborted,
-        as ipykernel does after an error."""
+        what = self.plan.what
+        self._finish(
+            request,
+            first,
+            "BuildCancelled",
+            f"{_PREFIX}build cancelled: Nix was stopped and nothing was cached. Restart the "
+            "kernel to build the environment again.",
+            [
+                f"{_PREFIX}The build of {what} was cancelled: Nix was stopped, nothing was cached.",
+                "Restart the kernel to build the environment again.",
+            ],
+            evalue=f"the build of {what} was cancelled",
+        )
+
+    def _finish(
+        self,
+        request: Request,
+        first: bool,
+        ename: str,
+        text: str,
+        traceback: list[str],
+        evalue: str = "",
+    ) -> None:
+        """Answer a kept cell without running it: the first cell of a session gets ``text`` and
+        an error; the ones queued behind it are aborted, as ipykernel does after an error."""
         if not first:
             self._reply("shell", request, "execute_reply", {"status": "aborted"})
             self._publish("status", {"execution_state": "idle"}, request)
             return
-        what = self.plan.what
         error = {
-            "ename": "BuildCancelled",
-            "evalue": f"the build of {what} was cancelled",
-            "traceback": [
-                f"{_PREFIX}The build of {what} was cancelled: Nix was stopped, nothing was cached.",
-                "Restart the kernel to build the environment again.",
-            ],
+            "ename": ename,
+            "evalue": evalue or text.removeprefix(_PREFIX),
+            "traceback": traceback,
         }
-        self._stream(
-            request,
-            f"{_PREFIX}build cancelled: Nix was stopped and nothing was cached. Restart the "
-            "kernel to build the environment again.\n",
-        )
+        self._stream(request, text + "\n")
         self._publish("error", error, request)
         self._reply(
             "shell", request, "execute_reply", {"status": "error", "execution_count": 0, **error}
@@ -644,7 +683,10 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
     launcher_argv = argv[split + 1 :]
     args = launch.build_parser().parse_args(launcher_argv)
     what, slot = _describe(args)
-    plan = Plan(launcher_argv, ours.state, env, args.connection_file, what, slot)
+    plan = Plan(
+        launcher_argv, ours.state, env, args.connection_file, what, slot,
+        language=args.language or "python", replayable=not args.spec,
+    )  # fmt: skip
     try:
         with open(args.connection_file, encoding="utf-8") as f:
             connection = json.load(f)

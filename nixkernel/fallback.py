@@ -16,33 +16,9 @@ from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
 from . import __version__
+from .kernels import language_info
 
 _RED, _RESET = "\x1b[0;31m", "\x1b[0m"
-
-#: What the real kernels of these languages report as ``language_info`` (the front end picks
-#: highlighting and the file extension from it): IRkernel, IJulia, evcxr, ipykernel.
-LANGUAGE_INFO: dict[str, dict[str, str]] = {
-    "python": {"name": "python", "mimetype": "text/x-python", "file_extension": ".py"},
-    "r": {
-        "name": "R",
-        "codemirror_mode": "r",
-        "pygments_lexer": "r",
-        "mimetype": "text/x-r-source",
-        "file_extension": ".r",
-    },
-    "julia": {"name": "julia", "mimetype": "application/julia", "file_extension": ".jl"},
-    "rust": {
-        "name": "Rust",
-        "codemirror_mode": "rust",
-        "mimetype": "text/rust",
-        "file_extension": ".rs",
-    },
-}
-
-
-def language_info(language: str) -> dict[str, str]:
-    """``language_info`` for a fallback standing in for a kernel of ``language``."""
-    return dict(LANGUAGE_INFO.get(language.lower(), {"name": language}))
 
 
 class FallbackKernel(Kernel):

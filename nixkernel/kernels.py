@@ -39,6 +39,40 @@ from .cache import KERNELS_FILE, EnvironmentCache
 from .describe import KIND_FLAKE, KernelTarget, NixSource, kernel_name
 from .environment import kernel_environment, which
 
+#: What the real kernels of these languages report as ``language_info`` (the front end picks
+#: highlighting and the file extension from it): IRkernel, IJulia, evcxr, ipykernel.
+LANGUAGE_INFO: dict[str, dict[str, Any]] = {
+    "python": {
+        "name": "python",
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "pygments_lexer": "ipython3",
+        "nbconvert_exporter": "python",
+    },
+    "r": {
+        "name": "R",
+        "codemirror_mode": "r",
+        "pygments_lexer": "r",
+        "mimetype": "text/x-r-source",
+        "file_extension": ".r",
+    },
+    "julia": {"name": "julia", "mimetype": "application/julia", "file_extension": ".jl"},
+    "rust": {
+        "name": "Rust",
+        "codemirror_mode": "rust",
+        "mimetype": "text/rust",
+        "file_extension": ".rs",
+    },
+}
+
+
+def language_info(language: str) -> dict[str, Any]:
+    """``language_info`` for a stand-in (the fallback or the building kernel) for a kernel of
+    ``language``."""
+    return dict(LANGUAGE_INFO.get(language.lower(), {"name": language}))
+
+
 #: The layout of that field; an entry with another one is treated as not knowing its kernels.
 FORMAT = 1
 

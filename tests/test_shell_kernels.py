@@ -33,6 +33,7 @@ from nixprojects import (
 )
 
 from nixkernel import kernels
+from nixkernel.cache import ENTRY_FILE
 from nixkernel.describe import KernelTarget
 from nixkernel.kernelspec import RESOURCES, NixKernelSpecManager
 
@@ -280,7 +281,9 @@ def test_r_kernel_of_a_failing_environment_is_the_fallback_in_r(
     nix, host_r, projects, manager_factory, tmp_path
 ):
     """The shell's Nix file breaks after the R kernel was listed: the kernel that starts says
-    why, and tells the front end it stands for an R kernel (language_info as IRkernel's)."""
+    why, and tells the front end it stands for an R kernel (language_info as IRkernel's), both
+    while Nix re-evaluates (the building kernel) and after (the fallback kernel, which answers
+    the cell run meanwhile with the error)."""
     project = write_flake(projects / "breaks", {"default": r_shell(tmp_path)})
     manager = manager_factory(project_dirs=[str(projects)], stale_fallback=False)
     (target,) = evaluate(manager)
@@ -288,13 +291,51 @@ def test_r_kernel_of_a_failing_environment_is_the_fallback_in_r(
         real = kc.kernel_info(reply=True, timeout=60)["content"]["language_info"]
     write_flake(project, {"default": {**r_shell(tmp_path), "X": Raw('throw "R shell broke"')}})
     with running_kernel(manager, target.name, project) as (_km, kc):
-        info = kc.kernel_info(reply=True, timeout=60)["content"]
+        during = kc.kernel_info(reply=True, timeout=60)["content"]
         reply = kc.execute_interactive('cat("never runs")', timeout=60)
-    assert info["implementation"] == "nixkernel-fallback"
-    assert info["language_info"]["name"] == real["name"] == "R"
-    assert info["language_info"]["file_extension"] == real["file_extension"]
+        after = kc.kernel_info(reply=True, timeout=60)["content"]
+    assert during["implementation"] == "nixkernel-building"
+    assert after["implementation"] == "nixkernel-fallback"
+    for info in (during, after):
+        assert info["language_info"]["name"] == real["name"] == "R"
+        assert info["language_info"]["file_extension"] == real["file_extension"]
     assert reply["content"]["status"] == "error"
     assert "R shell broke" in "\n".join(reply["content"]["traceback"])
+
+
+def test_an_r_cell_run_during_the_build_is_told_to_run_again_then_runs_in_r(
+    nix, host_r, projects, manager_factory, tmp_path
+):
+    """IRkernel cannot take the cells the building kernel kept (only ipykernel's dispatch can be
+    handed them): a cell run while Nix evaluates is answered that the environment is ready and
+    to run it again, and run again it runs in R, in the shell."""
+    project = write_flake(projects / "cold-r", {"default": r_shell(tmp_path)})
+    manager = manager_factory(project_dirs=[str(projects)])
+    (target,) = evaluate(manager)
+    source = target.nix_source()
+    assert source is not None
+    (Path(manager.cache.slot(source)) / ENTRY_FILE).unlink()  # cold again, the listing kept
+    out: list[str] = []
+
+    def keep_stdout(msg: dict) -> None:
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+            out.append(msg["content"]["text"])
+
+    with running_kernel(manager, target.name, project) as (_km, kc):
+        info = kc.kernel_info(reply=True, timeout=60)["content"]
+        early = kc.execute_interactive('cat("kept")', timeout=120, output_hook=lambda m: None)
+        # IRkernel knows nothing of the hand-over, so nothing holds its first cell until this
+        # client's iopub subscription is back (its SUB socket sends it again only when this
+        # thread next polls it): ask as a client does after a kernel's start.
+        kc.wait_for_ready(timeout=60)
+        again = kc.execute_interactive(R_PROBE, timeout=60, output_hook=keep_stdout)
+    assert info["implementation"] == "nixkernel-building"
+    assert info["language_info"]["name"] == "R"
+    assert early["content"]["status"] == "error"
+    assert early["content"]["ename"] == "EnvironmentReady"
+    assert "run this cell again" in early["content"]["evalue"]
+    assert again["content"]["status"] == "ok"
+    assert "".join(out).split("|")[0] == "hello from the R shell"
 
 
 def test_a_kernel_the_shell_no_longer_carries_gets_the_fallback_saying_so(
@@ -514,7 +555,7 @@ def test_command_line_lists_warms_shows_checks_and_installs_the_r_kernel(
 
 
 def test_fallback_language_info_matches_the_language():
-    from nixkernel.fallback import language_info
+    from nixkernel.kernels import language_info
 
     assert language_info("R")["name"] == "R"
     assert language_info("python")["file_extension"] == ".py"

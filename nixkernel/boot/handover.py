@@ -21,10 +21,12 @@ import time
 
 REPLAY_VARIABLE = "NIXKERNEL_REPLAY"
 WARNING_VARIABLE = "NIXKERNEL_STALE_WARNING"
-#: How long to wait for a client to reconnect before running the kept cells anyway.
-WAIT_FOR_CLIENTS = 30.0
-#: After the first client is back: time for the other clients to reconnect too (they retry
-#: every 100 ms), and on ipykernel 6, where subscriptions cannot be seen, for the first one's.
+#: How long to wait for the clients to reconnect before running the kept cells anyway.
+WAIT_FOR_CLIENTS = 10.0
+#: After the clients connected: time for the kernel's sockets to take their connections in
+#: (a ROUTER drops what it sends to a client whose connection its own thread has not processed
+#: yet), and on ipykernel 6 (a PUB socket, whose subscriptions cannot be seen) for the
+#: subscriptions to follow the connections.
 SETTLE, SETTLE_UNSEEN = 0.15, 0.3
 
 _tasks = set()
@@ -34,34 +36,57 @@ def _log(message):
     print("[nixkernel] %s" % message, file=sys.stderr, flush=True)
 
 
+class Kept:
+    """The building kernel's record: the kept requests (each a list of frames) and how many
+    iopub subscribers it had when it handed over (the clients to wait for)."""
+
+    def __init__(self, messages, subscribers=1):
+        self.messages = messages
+        self.subscribers = max(1, subscribers)
+
+    @property
+    def clients(self):
+        """The distinct shell identities of the kept requests' clients."""
+        return {bytes(m[0]) for m in self.messages if m}
+
+
 def load(path):
-    """The kept messages in ``path`` (deleted once read), each a list of frames (bytes)."""
+    """The :class:`Kept` record in ``path`` (deleted once read); None if there is no path (the
+    kernel was not started by a building kernel)."""
     if not path:
-        return []
+        return None
     try:
         with open(path) as f:
             record = json.load(f)
         os.unlink(path)
-        return [[base64.b64decode(frame) for frame in m["frames"]] for m in record["messages"]]
+        messages = [[base64.b64decode(frame) for frame in m["frames"]] for m in record["messages"]]
+        return Kept(messages, int(record.get("subscribers", 1)))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _log("could not read the cells kept during the build (%s): run them again" % exc)
-        return []
+        return Kept([])
 
 
 class ClientWatcher:
-    """Knows when a client is back: connected to the shell socket (a monitor on it, attached as
-    ipykernel binds it, before any client can connect) and subscribed to iopub.
+    """Knows when the clients are back: connected to the shell socket and subscribed to iopub.
 
-    A client's SUB socket sends its subscription again only when its own program next uses the
-    socket (libzmq processes the reconnection's "hiccup" in the application's thread), so a
-    connection to iopub is not enough: until the subscription arrives, what the kernel publishes
-    is dropped. ipykernel >= 7 publishes on an XPUB socket, which receives subscriptions: wait
-    for one. On ipykernel 6 (PUB) the connection is all there is to see."""
+    It attaches a monitor to the shell socket as ipykernel binds it (before any client can
+    connect), and counts iopub subscribers. The shell socket's connections are counted: one
+    per client whose cells were kept (each client's shell socket has its own identity), plus
+    the one ipykernel makes to its own shell socket (``debug_shell_socket``, for the debugger),
+    which is not a client. A client's SUB socket sends its subscription again
+    only when its own program next uses the socket (libzmq processes the reconnection in the
+    application's thread), so a connection to iopub is not enough: until the subscription
+    arrives, what the kernel publishes is dropped. ipykernel >= 7 publishes on an XPUB socket,
+    made verbose here so that every subscriber's subscription is seen, not only the first. On
+    ipykernel 6 (PUB) connections are all there is to count."""
 
-    def __init__(self, app):
+    def __init__(self, app, kept):
         import zmq
 
-        self.subscribed = _watch_subscriptions()
+        self.kept = kept
+        self.app = app
+        self.own = 0
+        self.subscriptions = _count_subscriptions()
         self.monitors = {}
         self.event = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_ACCEPTED)
         bind = app._bind_socket
@@ -69,7 +94,9 @@ class ClientWatcher:
         def bind_and_watch(socket, port):
             kind = socket.getsockopt(zmq.TYPE)
             role = None
-            if kind in (zmq.PUB, zmq.XPUB):
+            if kind == zmq.XPUB:
+                socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+            if kind == zmq.PUB or (kind == zmq.XPUB and self.subscriptions is None):
                 role = "iopub"
             elif kind == zmq.ROUTER and "shell" not in self.monitors:
                 role = "shell"  # ipykernel binds shell first, then stdin and control
@@ -79,8 +106,23 @@ class ClientWatcher:
 
         app._bind_socket = bind_and_watch
 
+    def start(self, timeout):
+        """Wait for the clients on a thread of its own; :attr:`ready` is set when they are back
+        (or after ``timeout``)."""
+        import threading
+
+        self.ready = threading.Event()
+
+        def wait_then_open():
+            try:
+                self.wait(timeout)
+            finally:
+                self.ready.set()
+
+        threading.Thread(target=wait_then_open, name="nixkernel-handover", daemon=True).start()
+
     def wait(self, timeout):
-        """Block until a client is connected to both sockets (or ``timeout``), then settle."""
+        """Block until as many clients as the building kernel had are back (or ``timeout``)."""
         import zmq
         from zmq.utils.monitor import recv_monitor_message
 
@@ -89,31 +131,46 @@ class ClientWatcher:
         for role, monitor in self.monitors.items():
             poller.register(monitor, zmq.POLLIN)
             roles[monitor] = role
-        seen = set()
+        seen = {role: 0 for role in self.monitors}
+        # ipykernel's own connection to its shell socket, made as it binds: not a client.
+        self.own = 1 if getattr(self.app, "debug_shell_socket", None) is not None else 0
         deadline = time.monotonic() + timeout
         while not self._back(seen):
             left = deadline - time.monotonic()
             if left <= 0:
-                _log("no client reconnected in %.0f s: running the kept cells anyway" % timeout)
+                _log("not every client reconnected in %.0f s: running the kept cells" % timeout)
                 break
+            # A bounded poll: subscriptions are counted on ipykernel's own thread.
             for socket, _ in poller.poll(min(left, 0.05) * 1000):
                 event = recv_monitor_message(socket)
                 if event["event"] == self.event:
-                    seen.add(roles[socket])
-        time.sleep(SETTLE if self.subscribed is not None else SETTLE_UNSEEN)
+                    seen[roles[socket]] += 1
+        time.sleep(SETTLE_UNSEEN if "iopub" in self.monitors else SETTLE)
         for monitor in self.monitors.values():
             monitor.close(linger=0)
 
     def _back(self, seen):
-        if self.subscribed is not None and not self.subscribed.is_set():
+        if seen.get("shell", 0) < len(self.kept.clients) + self.own:
             return False
-        return all(role in seen for role in self.monitors if role != "iopub" or not self.subscribed)
+        if self.subscriptions is not None:
+            return self.subscriptions.count >= self.kept.subscribers
+        return seen.get("iopub", 0) >= self.kept.subscribers
 
 
-def _watch_subscriptions():
-    """An Event set when ipykernel's iopub (XPUB) receives a subscription, or None (PUB)."""
-    import threading
+class _Counter:
+    def __init__(self):
+        import threading
 
+        self.lock = threading.Lock()
+        self.count = 0
+
+    def add(self, n):
+        with self.lock:
+            self.count += n
+
+
+def _count_subscriptions():
+    """A counter of ipykernel's iopub (XPUB) subscribers, or None (PUB: nothing to count)."""
     try:
         from ipykernel.iostream import IOPubThread
     except ImportError:
@@ -121,15 +178,16 @@ def _watch_subscriptions():
     handle = getattr(IOPubThread, "_handle_subscription", None)
     if handle is None:
         return None
-    subscribed = threading.Event()
+    counter = _Counter()
 
-    def handle_and_tell(self, frames):
-        if any(bytes(frame[:1]) == b"\x01" for frame in frames):
-            subscribed.set()
+    def handle_and_count(self, frames):
+        for frame in frames:
+            first = bytes(frame[:1])
+            counter.add(1 if first == b"\x01" else -1 if first == b"\x00" else 0)
         return handle(self, frames)
 
-    IOPubThread._handle_subscription = handle_and_tell
-    return subscribed
+    IOPubThread._handle_subscription = handle_and_count
+    return counter
 
 
 def _acquire_now(lock):
@@ -143,19 +201,43 @@ def _acquire_now(lock):
     return False
 
 
-def replay(app, messages, watcher):
-    """Run ``messages`` through the kernel's shell dispatch, in order and before any request
-    that arrives later, once a client is back."""
+def gate_cells(app, watcher):
+    """Run no cell before the clients are back on iopub (:attr:`ClientWatcher.ready`).
+
+    The clients' sockets reconnected by themselves after the exec, but a client's iopub
+    subscription reaches the kernel only once that client next uses its socket: a cell run
+    before it would publish its output, and its "idle", to nobody. Only cells wait; other
+    requests (kernel_info above all, which a client awaits on its shell socket alone) are
+    answered at once."""
+    kernel = app.kernel
+    handlers = getattr(kernel, "shell_handlers", {})
+    execute = handlers.get("execute_request")
+    if execute is None:
+        return
+
+    async def execute_when_ready(*args, **kwargs):
+        if not watcher.ready.is_set():
+            await asyncio.get_event_loop().run_in_executor(None, watcher.ready.wait)
+        result = execute(*args, **kwargs)
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        return result
+
+    handlers["execute_request"] = execute_when_ready
+
+
+def replay(app, kept):
+    """Run the kept requests through the kernel's shell dispatch, in order and before any
+    request that arrives later (each cell waits for the clients: :func:`gate_cells`)."""
     import zmq
     from tornado import ioloop
 
     kernel = app.kernel
-    kept = [[zmq.Frame(frame) for frame in m] for m in messages]
+    frames_of = [[zmq.Frame(frame) for frame in m] for m in kept.messages]
 
     async def run_kept():
-        await asyncio.get_event_loop().run_in_executor(None, watcher.wait, WAIT_FOR_CLIENTS)
-        _log("running %d cell(s) kept while the environment was built" % len(kept))
-        for frames in kept:
+        _log("running %d cell(s) kept while the environment was built" % len(frames_of))
+        for frames in frames_of:
             await kernel.dispatch_shell(frames)
 
     lock = getattr(kernel, "_main_asyncio_lock", None)
@@ -207,13 +289,16 @@ def launch(kernel_class=None, argv=None):
     """``IPKernelApp.launch_instance``, with the hand-over."""
     from ipykernel.kernelapp import IPKernelApp
 
-    messages = load(os.environ.pop(REPLAY_VARIABLE, ""))
+    kept = load(os.environ.pop(REPLAY_VARIABLE, ""))
     warning = os.environ.pop(WARNING_VARIABLE, "")
     app = IPKernelApp.instance(**({"kernel_class": kernel_class} if kernel_class else {}))
-    watcher = ClientWatcher(app) if messages else None
+    watcher = ClientWatcher(app, kept) if kept is not None else None
     app.initialize(argv)
     if warning:
         warn_in_first_cell(app, warning)
-    if messages:
-        replay(app, messages, watcher)
+    if watcher is not None:
+        watcher.start(WAIT_FOR_CLIENTS)
+        gate_cells(app, watcher)
+    if kept is not None and kept.messages:
+        replay(app, kept)
     app.start()
