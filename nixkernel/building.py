@@ -80,7 +80,7 @@ def worker_main(argv: list[str] | None = None) -> None:
     cache, and print the outcome as one JSON line: ``{"state": "fresh" | "stale" | "error" |
     "none", "message": ..., "seconds": ...}``. Nix's output goes to the slot's build log and, as
     the launcher's does, to the server's log."""
-    from . import launch
+    from . import kernels, launch
     from .cache import EnvironmentCache
     from .nix import NixKernelError
 
@@ -98,6 +98,9 @@ def worker_main(argv: list[str] | None = None) -> None:
                 "evaluated": resolved.evaluated,
                 "seconds": resolved.seconds,
                 "message": resolved.warning,
+                # Whether the kernel the launcher starts next runs kept cells: ipykernel does
+                # (the project's, or the fallback that explains a kernel the shell dropped).
+                "replayable": not args.spec or kernels.find(resolved.entry, args.spec) is None,
             }
     except NixKernelError as exc:
         result = {"state": "error", "message": str(exc)}

@@ -206,7 +206,7 @@ class BuildingKernel:
             self.sockets[name] = socket
         self.held: list[Request] = []
         self.subscribers = 0
-        self.outcome = ""
+        self.replayable = plan.replayable
         self.introduced: set[str] = set()
         self.phase = "building"  # then "handing-over", or "cancelled"
         self.cancelling = False
@@ -468,7 +468,9 @@ class BuildingKernel:
         except (ValueError, IndexError):
             result = {"state": "error", "message": f"the worker exited with status {status}"}
         elapsed = time.monotonic() - self.progress.started
-        state = self.outcome = str(result.get("state"))
+        state = str(result.get("state"))
+        # A failure starts the fallback kernel, which runs kept cells whatever the language.
+        self.replayable = bool(result.get("replayable", self.plan.replayable or state == "error"))
         if state == "error":
             text = f"the evaluation failed after {elapsed:.0f} s: the error follows."
         elif state == STALE:
@@ -491,13 +493,12 @@ class BuildingKernel:
     def _hand_over(self) -> None:
         """Exec the launcher again (warm now): the project's kernel, with the kept cells."""
         self._receive("shell")  # what arrived since the last look: kept, not lost
-        # A failure starts the fallback kernel, which runs kept cells whatever the language.
-        run_again = bool(self.held) and not self.plan.replayable and self.outcome != "error"
+        run_again = bool(self.held) and not self.replayable
         if run_again:
             self._answer_run_again()
         self.sockets.pop("shell").close(linger=1000 if run_again else 0)
         env = dict(self.plan.env, **{launch.BUILT_VARIABLE: repr(self.since)})
-        if self.plan.replayable or self.outcome == "error":
+        if self.replayable:
             # Even with no cell kept: the kernel holds its first cells until the clients are
             # back on iopub (boot/handover.py), and needs to know how many there were.
             self._write_pending()
