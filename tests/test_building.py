@@ -215,6 +215,28 @@ def test_cold_start_answers_at_once_streams_the_build_then_runs_the_cells_in_the
     assert kc.kernel_info(reply=True, timeout=30)["content"]["implementation"] == "ipython"
 
 
+def test_a_cell_run_just_after_the_hand_over_waits_for_its_client_on_iopub(
+    projects, manager_factory, start
+):
+    """No cell ran during the build. A client's iopub subscription reaches the project's kernel
+    only once the client next reads iopub (libzmq resends it in the client's own thread): the
+    kernel holds the first cell until then, so its output and its "idle" are not published to
+    nobody. Other requests are answered at once."""
+    _, marker = slow_project(projects / "quiet", seconds=3)
+    manager = manager_factory(project_dirs=[str(projects)])
+    km, kc, _name = start(manager=manager)
+    assert kc.kernel_info(reply=True, timeout=10)["content"]["implementation"] == BUILDING
+    pid = km.provisioner.pid
+    wait_for(lambda: "ipykernel_launcher" in Path(f"/proc/{pid}/cmdline").read_text(), "the exec")
+    cell = Cell(kc.execute(PROBE))
+    # Not reading iopub yet: the cell waits (ungated, it would run and reply at once).
+    with pytest.raises(Empty):
+        kc.get_shell_msg(timeout=2)
+    follow(kc, [cell], Path(manager.cache_dir), replied(cell))
+    assert cell.replies[0]["status"] == "ok"
+    assert json.loads(cell.stdout.strip().splitlines()[-1])["GREETING"] == marker
+
+
 def test_interrupt_during_the_build_stops_nix_caches_nothing_and_a_restart_builds_again(
     projects, manager_factory, start
 ):
