@@ -539,42 +539,50 @@ def flake_shell_names_logged(
     return ([str(n) for n in names] if isinstance(names, list) else []), log
 
 
+def _ask(argv: list[str], env: dict[str, str] | None, timeout: float) -> tuple[int, str]:
+    """Run a Nix query whose failure only means "Nix cannot say": ``(status, stdout)``, with
+    status -1 if it could not run or timed out."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+            timeout=timeout,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return -1, ""
+    return out.returncode, out.stdout
+
+
+def _ask_json(argv: list[str], env: dict[str, str] | None, timeout: float) -> object:
+    """The JSON a Nix query prints, or None if it fails or prints none."""
+    status, stdout = _ask(argv, env, timeout)
+    try:
+        return json.loads(stdout) if status == 0 else None
+    except ValueError:
+        return None
+
+
 def search_path(nix: str, env: dict[str, str] | None = None) -> list[str]:
     """The paths of Nix's search path for ``<name>`` lookups, as this Nix puts it together from
     ``NIX_PATH``, nix.conf's ``nix-path`` and its default channel links (``builtins.nixPath``);
     empty if Nix cannot say."""
-    import subprocess
-
     argv = [
         nix, "eval", "--extra-experimental-features", "nix-command", "--impure", "--json",
         "--expr", "map (e: e.path) builtins.nixPath",
     ]  # fmt: skip
-    try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60
-        )
-        paths = json.loads(out.stdout) if out.returncode == 0 else []
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
+    paths = _ask_json(argv, env, timeout=60)
     return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
 
 
 def flake_input_paths(nix: str, ref: str, env: dict[str, str] | None = None) -> list[str]:
     """The store paths of a flake's inputs, fetched if need be (``nix flake archive --json``, as
     nix-direnv does; the flake's own source is left out). Empty if Nix cannot say."""
-    import subprocess
-
     argv = [
         nix, "flake", "archive", "--json", "--no-write-lock-file",
         "--extra-experimental-features", "nix-command flakes", ref,
     ]  # fmt: skip
-    try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
-        )
-        tree = json.loads(out.stdout) if out.returncode == 0 else {}
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
+    tree = _ask_json(argv, env, timeout=600)
     found: dict[str, None] = {}
 
     def walk(node: object) -> None:
@@ -591,18 +599,10 @@ def flake_input_paths(nix: str, ref: str, env: dict[str, str] | None = None) -> 
 def add_gc_roots(nix: str, paths: list[str], link: str, env: dict[str, str] | None = None) -> bool:
     """Make ``link``, ``link-1``, ... GC roots of ``paths`` (``nix build --out-link``: indirect
     roots, which an ordinary user can make through the daemon). Whether it worked."""
-    import subprocess
-
     argv = [
         nix, "build", "--extra-experimental-features", "nix-command", "--out-link", link, *paths,
     ]  # fmt: skip
-    try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=600
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0
+    return _ask(argv, env, timeout=600)[0] == 0
 
 
 def kill_process_group(proc: Any) -> None:
