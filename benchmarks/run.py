@@ -33,7 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
@@ -99,6 +99,15 @@ def machine() -> dict[str, str]:
 # -- kernel start-up -------------------------------------------------------------------------
 
 
+def _stop(client: Any, proc: subprocess.Popen, conn: Path) -> None:
+    """Stop a benchmarked kernel: its client, its whole process group, its connection file."""
+    client.stop_channels()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    conn.unlink(missing_ok=True)
+
+
 def time_kernel(
     argv: list[str],
     conn: Path,
@@ -129,11 +138,7 @@ def time_kernel(
             client.execute_interactive("pass", timeout=timeout, output_hook=lambda msg: None)
         return time.perf_counter() - start
     finally:
-        client.stop_channels()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        conn.unlink(missing_ok=True)
+        _stop(client, proc, conn)
 
 
 def heavy_let(n: int) -> str:
@@ -388,11 +393,7 @@ def time_cold_cell(argv: list[str], conn: Path, cwd: Path, timeout: float = 600)
                     result["output_s"] = time.perf_counter() - start
         return result
     finally:
-        client.stop_channels()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        conn.unlink(missing_ok=True)
+        _stop(client, proc, conn)
 
 
 def bench_cold(work: Path, reps: int) -> list[dict]:

@@ -9,7 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,12 +96,17 @@ def run_in_kernel(
     code: str,
     cwd: str | os.PathLike,
     timeout: float = 120,
+    ask_after: bool = False,
 ) -> KernelRun:
-    """Start kernel ``name`` from ``manager``'s spec, run ``code``, stop it."""
+    """Start kernel ``name`` from ``manager``'s spec, run ``code``, stop it. ``implementation``
+    is asked before the cell, or with ``ask_after`` after it: on a cold start the first
+    ``kernel_info`` reply comes from nixkernel's building kernel, while the cell runs in the
+    kernel it becomes (the project's, or the fallback)."""
     run = KernelRun()
     with running_kernel(manager, name, cwd, timeout) as (_km, kc):
-        reply = kc.kernel_info(reply=True, timeout=timeout)
-        run.implementation = reply["content"].get("implementation", "")
+        if not ask_after:
+            reply = kc.kernel_info(reply=True, timeout=timeout)
+            run.implementation = reply["content"].get("implementation", "")
 
         def hook(msg: dict) -> None:
             if msg["msg_type"] == "stream":
@@ -109,7 +116,52 @@ def run_in_kernel(
                 run.errors.append(msg["content"])
 
         kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+        if ask_after:
+            reply = kc.kernel_info(reply=True, timeout=timeout)
+            run.implementation = reply["content"].get("implementation", "")
     return run
+
+
+def run_in_settled_kernel(
+    manager: NixKernelSpecManager,
+    name: str,
+    code: str,
+    cwd: str | os.PathLike,
+    timeout: float = 120,
+) -> KernelRun:
+    """:func:`run_in_kernel`, asking which kernel answers after the cell."""
+    return run_in_kernel(manager, name, code, cwd, timeout, ask_after=True)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
+    """Poll ``condition`` until it is truthy (returns it), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # poll interval, not synchronisation
+
+
+def ws_request(msg_type: str, content: dict, msg_id: str | None = None) -> dict:
+    """A shell request as jupyter_server's websocket takes it (JSON protocol)."""
+    return {
+        "channel": "shell",
+        "header": {
+            "msg_id": msg_id or uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "username": "test",
+            "session": uuid.uuid4().hex,
+            "date": "",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "buffers": [],
+        "content": content,
+    }
 
 
 # -- a Nix daemon on a private socket, and ordinary users to reach it as -------------------------
@@ -308,29 +360,3 @@ def run_cli(
         cwd=None if cwd is None else str(cwd),
         timeout=timeout,
     )
-
-
-def run_in_settled_kernel(
-    manager: NixKernelSpecManager,
-    name: str,
-    code: str,
-    cwd: str | os.PathLike,
-    timeout: float = 120,
-) -> KernelRun:
-    """:func:`run_in_kernel`, asking which kernel answers (``implementation``) *after* the cell:
-    on a cold start the first ``kernel_info`` reply comes from nixkernel's building kernel,
-    while the cell runs in the kernel it becomes (the project's, or the fallback)."""
-    run = KernelRun()
-    with running_kernel(manager, name, cwd, timeout) as (_km, kc):
-
-        def hook(msg: dict) -> None:
-            if msg["msg_type"] == "stream":
-                name_ = msg["content"]["name"]
-                setattr(run, name_, getattr(run, name_) + msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                run.errors.append(msg["content"])
-
-        kc.execute_interactive(code, output_hook=hook, timeout=timeout)
-        reply = kc.kernel_info(reply=True, timeout=timeout)
-        run.implementation = reply["content"].get("implementation", "")
-    return run

@@ -26,6 +26,7 @@ from pathlib import Path
 from queue import Empty
 
 import pytest
+from helpers import wait_for, ws_request
 from jupyter_client import BlockingKernelClient, KernelManager
 from nixprojects import DEFAULT_SHELL, Raw, write_shell_nix
 from traitlets.config import Config, Configurable
@@ -92,17 +93,6 @@ def processes(pattern: str) -> list[str]:
 def nix_of(project: Path, marker: str) -> str:
     """The processes of one start's build: its nix, and the builder of its slow derivation."""
     return rf"print-dev-env.*{re.escape(str(project))}|of {re.escape(marker)}"
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -439,26 +429,8 @@ def jp_server_config(cold_project, tmp_path: Path) -> Config:
     )
 
 
-def _request(msg_type: str, content: dict) -> dict:
-    return {
-        "channel": "shell",
-        "header": {
-            "msg_id": uuid.uuid4().hex,
-            "msg_type": msg_type,
-            "username": "test",
-            "session": uuid.uuid4().hex,
-            "date": "",
-            "version": "5.3",
-        },
-        "parent_header": {},
-        "metadata": {},
-        "buffers": [],
-        "content": content,
-    }
-
-
 def _execute(code: str) -> dict:
-    return _request(
+    return ws_request(
         "execute_request",
         {"code": code, "silent": False, "store_history": True, "user_expressions": {},
          "allow_stdin": False, "stop_on_error": True},
@@ -485,7 +457,7 @@ async def test_server_session_on_a_cold_project_shows_the_build_then_runs_the_ce
         response = await jp_fetch("api", "sessions", method="POST", body=json.dumps(body))
         kernel_id = json.loads(response.body)["kernel"]["id"]
         ws = await jp_ws_fetch("api", "kernels", kernel_id, "channels")
-        info = _request("kernel_info_request", {})
+        info = ws_request("kernel_info_request", {})
         ws.write_message(json.dumps(info))
         while True:
             msg = json.loads(await asyncio.wait_for(ws.read_message(), 30))

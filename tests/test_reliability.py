@@ -15,11 +15,11 @@ import signal
 import stat
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import NoSuchKernel
 from nixprojects import DEFAULT_SHELL, Raw, write_flake, write_shell_nix
@@ -33,18 +33,6 @@ GREETING = "import os; print(os.environ.get('GREETING'))"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> object:
-    """Poll ``condition`` until it is truthy (returns it), or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Gate:

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
-from helpers import KernelRun
+from helpers import KernelRun, ws_request
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.serverapp import ServerApp
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
@@ -173,20 +173,9 @@ async def execute(jp_ws_fetch, kernel_id: str, code: str, timeout: float = START
     msg_id = uuid.uuid4().hex
     ws.write_message(
         json.dumps(
-            {
-                "channel": "shell",
-                "header": {
-                    "msg_id": msg_id,
-                    "msg_type": "execute_request",
-                    "username": "test",
-                    "session": uuid.uuid4().hex,
-                    "date": "",
-                    "version": "5.3",
-                },
-                "parent_header": {},
-                "metadata": {},
-                "buffers": [],
-                "content": {
+            ws_request(
+                "execute_request",
+                {
                     "code": code,
                     "silent": False,
                     "store_history": False,
@@ -194,7 +183,8 @@ async def execute(jp_ws_fetch, kernel_id: str, code: str, timeout: float = START
                     "allow_stdin": False,
                     "stop_on_error": True,
                 },
-            }
+                msg_id,
+            )
         )
     )
     run = KernelRun()
