@@ -66,6 +66,9 @@ STOP_GRACE = 5.0
 #: than that. After a cell, its client waits for the reply (the cells of a "run all" come
 #: within milliseconds of each other).
 HAND_OVER_QUIET, HAND_OVER_QUIET_AFTER_CELL, HAND_OVER_WAIT = 1.0, 0.1, 3.0
+#: Even past HAND_OVER_WAIT, a pause this long: a client that keeps asking (jupyter_server's
+#: "nudge" sends kernel_info until iopub speaks) must not have a request on its way.
+HAND_OVER_MIN_QUIET = 0.05
 #: Nix lines a cell run mid-build is shown first, to catch up.
 CATCH_UP_LINES = 8
 
@@ -488,15 +491,24 @@ class BuildingKernel:
     def _quiet_enough(self) -> bool:
         now = time.monotonic()
         quiet = HAND_OVER_QUIET_AFTER_CELL if self.last_request_was_cell else HAND_OVER_QUIET
-        return now - self.last_request_at >= quiet or now - self.done_at >= HAND_OVER_WAIT
+        since = now - self.last_request_at
+        if since < HAND_OVER_MIN_QUIET:
+            return False
+        return since >= quiet or now - self.done_at >= HAND_OVER_WAIT
 
     def _hand_over(self) -> None:
         """Exec the launcher again (warm now): the project's kernel, with the kept cells."""
-        self._receive("shell")  # what arrived since the last look: kept, not lost
+        # What arrived since the last look: cells kept, other requests answered, not lost.
+        self._receive("control")
+        self._receive("shell")
+        if self.phase == "exit":
+            return  # a shutdown request came in
         run_again = bool(self.held) and not self.replayable
         if run_again:
             self._answer_run_again()
-        self.sockets.pop("shell").close(linger=1000 if run_again else 0)
+        # With linger: the replies just sent leave before the process is replaced (a kernel_info
+        # reply dropped here would leave jupyter_server waiting 60 s for it).
+        self.sockets.pop("shell").close(linger=1000)
         env = dict(self.plan.env, **{launch.BUILT_VARIABLE: repr(self.since)})
         if self.replayable:
             # Even with no cell kept: the kernel holds its first cells until the clients are
@@ -537,9 +549,8 @@ class BuildingKernel:
         self.held = []
 
     def _close(self, linger_ms: int) -> None:
-        self.sockets["iopub"].linger = linger_ms
         for socket in self.sockets.values():
-            socket.close()
+            socket.close(linger=linger_ms)
         self.sockets.clear()
         self.context.term()
 
