@@ -338,6 +338,7 @@ def bench_versions(work: Path, let: str, extra: dict, reps: int, versions: list[
             rows += [{**r, "nix": version} for r in run_variants(variants, work, label, reps)]
     finally:
         os.environ["PATH"] = saved_path
+    return rows
 
 
 # -- a cold start: a slow build ---------------------------------------------------------------
