@@ -67,6 +67,9 @@ class Variant(NamedTuple):
 
 # -- environment -----------------------------------------------------------------------------
 
+#: The jupyter command of the Python running the benchmark (its venv need not be on PATH).
+JUPYTER = shutil.which("jupyter", path=os.path.dirname(sys.executable)) or "jupyter"
+
 
 def offline_nix_config(work: Path) -> str:
     registry = work / "empty-registry.json"
@@ -556,7 +559,7 @@ def bench_discovery(work: Path, sizes: list[int], reps: int) -> list[dict]:
         for _ in range(reps):
             start = time.perf_counter()
             subprocess.run(
-                ["jupyter", "nixkernel", "list", "--json", str(root),
+                [JUPYTER, "nixkernel", "list", "--json", str(root),
                  f"--NixKernelSpecManager.cache_dir={cache_dir}"],
                 check=True, capture_output=True,
             )  # fmt: skip
