@@ -4,6 +4,7 @@ through jupyter_client, a counting ``nix`` wrapper, and a private Nix daemon."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -88,6 +89,44 @@ def running_kernel(
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@contextlib.contextmanager
+def logged(logger_name: str) -> Iterator[list[str]]:
+    """Every message ``logger_name`` logs meanwhile. A filter, which runs even when the logger
+    has no handlers and does not propagate (as pytest-jupyter and jupyter_server leave
+    ServerApp's)."""
+    lines: list[str] = []
+
+    def record(entry: logging.LogRecord) -> bool:
+        lines.append(entry.getMessage())
+        return True
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(record)
+    try:
+        yield lines
+    finally:
+        logger.removeFilter(record)
+
+
+def interrupt_when_it_prints(km: KernelManager, kc: BlockingKernelClient, msg_id: str) -> dict:
+    """Interrupt the kernel once cell ``msg_id`` has printed "running" (not at its busy status:
+    a kernel publishes busy before it runs the cell, and a SIGINT in that window is swallowed
+    with no reply); the cell's own reply (other replies may be queued before it)."""
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "stream"
+            and "running" in msg["content"]["text"]
+        ):
+            break
+    km.interrupt_kernel()
+    reply = kc.get_shell_msg(timeout=30)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = kc.get_shell_msg(timeout=30)
+    return reply
 
 
 def run_in_kernel(

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from helpers import find_target, running_kernel
+from helpers import find_target, interrupt_when_it_prints, running_kernel
 from nixprojects import DEFAULT_SHELL, PYTHON, write_flake, write_shell_nix
 
 from nixkernel.kernelspec import LAUNCHER
@@ -231,21 +231,7 @@ def test_interrupt_and_restart_reach_the_kernel(nix, projects, manager_factory):
     manager = manager_factory(project_dirs=[str(projects)])
     with running_kernel(manager, find_target(manager, "flake").name, project) as (km, kc):
         msg_id = kc.execute("import time\nprint('running', flush=True)\ntime.sleep(600)")
-        # Interrupt once the cell's own code prints, not at its busy status: ipykernel publishes
-        # busy before it runs the cell, and a SIGINT in that window is swallowed with no reply.
-        while True:
-            msg = kc.get_iopub_msg(timeout=30)
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["msg_type"] == "stream"
-                and "running" in msg["content"]["text"]
-            ):
-                break
-        km.interrupt_kernel()
-        # wait_for_ready may have left kernel_info replies queued: take the execute's own reply.
-        reply = kc.get_shell_msg(timeout=30)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=30)
+        reply = interrupt_when_it_prints(km, kc, msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
 

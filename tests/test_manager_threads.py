@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import logging
 import os
 import re
 import stat
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import logged
 from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_server.serverapp import ServerApp
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
@@ -56,16 +56,8 @@ def nix_traits() -> dict:
 @pytest.fixture
 def server_log() -> Iterator[list[str]]:
     """Every message the ServerApp logs (its logger does not propagate: a filter sees them)."""
-    lines: list[str] = []
-
-    def record(entry: logging.LogRecord) -> bool:
-        lines.append(entry.getMessage())
-        return True
-
-    logger = logging.getLogger("ServerApp")
-    logger.addFilter(record)
-    yield lines
-    logger.removeFilter(record)
+    with logged("ServerApp") as lines:
+        yield lines
 
 
 @pytest.fixture

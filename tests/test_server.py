@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
-from helpers import KernelRun, ws_request
+from helpers import KernelRun, logged, ws_request
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_server.serverapp import ServerApp
 from nixprojects import DEFAULT_SHELL, write_flake, write_shell_nix
@@ -81,16 +81,8 @@ def server_log() -> Iterator[list[str]]:
     pytest-jupyter empties the ServerApp logger's handlers and jupyter_server turns off its
     propagation before extensions are linked, so a filter (which runs anyway) records them.
     """
-    lines: list[str] = []
-
-    def record(entry: logging.LogRecord) -> bool:
-        lines.append(entry.getMessage())
-        return True
-
-    logger = logging.getLogger("ServerApp")
-    logger.addFilter(record)
-    yield lines
-    logger.removeFilter(record)
+    with logged("ServerApp") as lines:
+        yield lines
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jupyter_kernel_test as jkt
 import pytest
-from helpers import IN_CI, require, running_kernel
+from helpers import IN_CI, interrupt_when_it_prints, require, running_kernel
 from jupyter_client import KernelManager
 from nixprojects import (
     DEFAULT_SHELL,
@@ -360,18 +360,7 @@ def test_interrupt_and_restart_reach_the_r_kernel(nix, host_r, projects, manager
     (target,) = evaluate(manager)
     with running_kernel(manager, target.name, project) as (km, kc):
         msg_id = kc.execute('cat("running\\n"); flush.console(); Sys.sleep(600); cat("done")')
-        while True:
-            msg = kc.get_iopub_msg(timeout=30)
-            if (
-                msg["parent_header"].get("msg_id") == msg_id
-                and msg["msg_type"] == "stream"
-                and "running" in msg["content"]["text"]
-            ):
-                break
-        km.interrupt_kernel()
-        reply = kc.get_shell_msg(timeout=30)
-        while reply["parent_header"].get("msg_id") != msg_id:
-            reply = kc.get_shell_msg(timeout=30)
+        reply = interrupt_when_it_prints(km, kc, msg_id)
         assert reply["content"]["status"] in ("error", "abort")
 
         old_pid = km.provisioner.process.pid

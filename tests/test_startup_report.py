@@ -3,12 +3,12 @@ the Nix it uses), and a warning when Nix is missing or cannot build for this use
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import logged
 from nixprojects import write_flake, write_shell_nix
 from traitlets.config import Config
 
@@ -34,16 +34,8 @@ class Recorder:
 
 @pytest.fixture
 def server_log() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    def record(entry: logging.LogRecord) -> bool:
-        lines.append(entry.getMessage())
-        return True
-
-    logger = logging.getLogger("ServerApp.nixkernel")
-    logger.addFilter(record)
-    yield lines
-    logger.removeFilter(record)
+    with logged("ServerApp.nixkernel") as lines:
+        yield lines
 
 
 @pytest.fixture
