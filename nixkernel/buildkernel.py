@@ -540,11 +540,11 @@ class BuildingKernel:
         """Tell the kept cells the environment is ready and to run them again (the kernel it
         becomes cannot run them for their clients)."""
         firsts = self._firsts()
+        text = (
+            f"{_PREFIX}{self.plan.what} is ready and its {self.plan.language} kernel is "
+            "starting: run this cell again."
+        )
         for request in self.held:
-            text = (
-                f"{_PREFIX}{self.plan.what} is ready and its {self.plan.language} kernel is "
-                "starting: run this cell again."
-            )
             self._finish(request, request in firsts, "EnvironmentReady", text, [text])
         self.held = []
 

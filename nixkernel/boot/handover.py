@@ -73,10 +73,10 @@ class ClientWatcher:
     connect), and counts iopub subscribers. The shell socket's connections are counted: one
     per client whose cells were kept (each client's shell socket has its own identity), plus
     the one ipykernel makes to its own shell socket (``debug_shell_socket``, for the debugger),
-    which is not a client. A client's SUB socket sends its subscription again
-    only when its own program next uses the socket (libzmq processes the reconnection in the
-    application's thread), so a connection to iopub is not enough: until the subscription
-    arrives, what the kernel publishes is dropped. ipykernel >= 7 publishes on an XPUB socket,
+    which is not a client. A client's SUB socket sends its subscription again only when its
+    own program next uses the socket (libzmq processes the reconnection in the application's
+    thread), so a connection to iopub is not enough: until the subscription arrives, what the
+    kernel publishes is dropped. ipykernel >= 7 publishes on an XPUB socket,
     made verbose here so that every subscriber's subscription is seen, not only the first. On
     ipykernel 6 (PUB) connections are all there is to count."""
 
@@ -85,7 +85,6 @@ class ClientWatcher:
 
         self.kept = kept
         self.app = app
-        self.own = 0
         self.subscriptions = _count_subscriptions()
         self.monitors = {}
         self.event = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", zmq.EVENT_ACCEPTED)
@@ -132,10 +131,11 @@ class ClientWatcher:
             poller.register(monitor, zmq.POLLIN)
             roles[monitor] = role
         seen = {role: 0 for role in self.monitors}
-        # ipykernel's own connection to its shell socket, made as it binds: not a client.
-        self.own = 1 if getattr(self.app, "debug_shell_socket", None) is not None else 0
+        # ipykernel's own connection to its shell socket, made as it binds, is not a client.
+        own = 1 if getattr(self.app, "debug_shell_socket", None) is not None else 0
+        shells = len(self.kept.clients) + own
         deadline = time.monotonic() + timeout
-        while not self._back(seen):
+        while not self._back(seen, shells):
             left = deadline - time.monotonic()
             if left <= 0:
                 _log("not every client reconnected in %.0f s: running the kept cells" % timeout)
@@ -149,8 +149,8 @@ class ClientWatcher:
         for monitor in self.monitors.values():
             monitor.close(linger=0)
 
-    def _back(self, seen):
-        if seen.get("shell", 0) < len(self.kept.clients) + self.own:
+    def _back(self, seen, shells):
+        if seen.get("shell", 0) < shells:
             return False
         if self.subscriptions is not None:
             return self.subscriptions.count >= self.kept.subscribers
